@@ -1,0 +1,388 @@
+//! Broker connections: a deadpool pool over a *list* of AMQP URLs that fails over between
+//! cluster nodes (lapin itself reconnects to one URI only), and the confirmed-publish helper
+//! every hop of the pipeline uses.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use lapin::options::BasicPublishOptions;
+use lapin::uri::AMQPUri;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use tracing::{info, warn};
+
+use crate::config::AmqpConfig;
+
+/// Why talking to the broker failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// No node in `amqp.urls` accepted a connection.
+    #[error("no broker reachable at any of {urls}: {last}")]
+    Unreachable {
+        /// The redacted URL list.
+        urls: String,
+        /// The last node's error.
+        last: String,
+    },
+    /// An AMQP operation failed.
+    #[error("AMQP error: {0}")]
+    Amqp(#[from] lapin::Error),
+    /// The broker refused a publish (nack), or it could not be routed to any queue.
+    #[error("broker did not take the message for {0}: {1}")]
+    NotConfirmed(String, &'static str),
+    /// The pool could not hand out a connection.
+    #[error("connection pool: {0}")]
+    Pool(String),
+}
+
+/// Creates connections, trying the configured nodes in turn, starting after the last one that
+/// worked or failed, so a dead node is skipped on the next attempt.
+#[derive(Debug)]
+pub struct Manager {
+    /// Parsed node URIs, with the configured AMQP heartbeat applied.
+    uris: Vec<AMQPUri>,
+    /// The redacted URL list, for logs and errors.
+    display: String,
+    /// Name shown in the management console's connection list.
+    connection_name: String,
+    /// Index of the node to try first next time.
+    next: AtomicUsize,
+}
+
+impl managed::Manager for Manager {
+    type Type = Connection;
+    type Error = BrokerError;
+
+    async fn create(&self) -> Result<Connection, BrokerError> {
+        let start = self.next.load(Ordering::Relaxed);
+        let mut last = String::from("no URL configured");
+        for offset in 0..self.uris.len() {
+            let index = (start + offset) % self.uris.len();
+            let properties = ConnectionProperties::default()
+                .with_connection_name(self.connection_name.as_str().into());
+            match Connection::connect_uri(self.uris[index].clone(), properties).await {
+                Ok(connection) => {
+                    self.next.store(index, Ordering::Relaxed);
+                    info!(node = index, "connected to broker");
+                    return Ok(connection);
+                }
+                Err(err) => {
+                    warn!(node = index, cause = %err, "broker node unreachable");
+                    self.next
+                        .store((index + 1) % self.uris.len(), Ordering::Relaxed);
+                    last = err.to_string();
+                }
+            }
+        }
+        Err(BrokerError::Unreachable {
+            urls: self.display.clone(),
+            last,
+        })
+    }
+
+    async fn recycle(
+        &self,
+        connection: &mut Connection,
+        _: &Metrics,
+    ) -> RecycleResult<BrokerError> {
+        if connection.status().connected() {
+            Ok(())
+        } else {
+            Err(RecycleError::message("connection closed"))
+        }
+    }
+}
+
+/// A pool of broker connections over the cluster's nodes. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Pool {
+    /// The deadpool pool; each object is one AMQP connection.
+    inner: managed::Pool<Manager>,
+    /// Longest wait between reconnection attempts.
+    max_backoff: Duration,
+}
+
+/// A pooled connection. Dropping it returns it to the pool (or discards it if it died).
+pub type PooledConnection = managed::Object<Manager>;
+
+impl Pool {
+    /// Builds a pool for `config`; `connection_name` shows in the management console.
+    pub fn new(config: &AmqpConfig, connection_name: &str) -> Result<Pool, BrokerError> {
+        let uris = config
+            .urls
+            .iter()
+            .map(|url| {
+                let mut uri: AMQPUri = url
+                    .parse()
+                    .map_err(|err| BrokerError::Pool(format!("{}: {err}", redact(url))))?;
+                uri.query.heartbeat = Some(config.heartbeat_secs);
+                Ok(uri)
+            })
+            .collect::<Result<Vec<_>, BrokerError>>()?;
+        let display = config
+            .urls
+            .iter()
+            .map(|url| redact(url))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let manager = Manager {
+            uris,
+            display,
+            connection_name: connection_name.to_owned(),
+            next: AtomicUsize::new(0),
+        };
+        let inner = managed::Pool::builder(manager)
+            .max_size(16)
+            .build()
+            .map_err(|err| BrokerError::Pool(err.to_string()))?;
+        Ok(Pool {
+            inner,
+            max_backoff: Duration::from_millis(config.max_backoff_ms.max(1)),
+        })
+    }
+
+    /// A live connection, trying each node once.
+    pub async fn get(&self) -> Result<PooledConnection, BrokerError> {
+        self.inner.get().await.map_err(|err| match err {
+            managed::PoolError::Backend(err) => err,
+            other => BrokerError::Pool(other.to_string()),
+        })
+    }
+
+    /// A live connection, retrying with capped exponential backoff until one is had or
+    /// `shutdown` fires (then `None`).
+    pub async fn get_or_wait(
+        &self,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Option<PooledConnection> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.get().await {
+                Ok(connection) => return Some(connection),
+                Err(err) => {
+                    warn!(cause = %err, retry_in_ms = delay.as_millis() as u64, "waiting for the broker")
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(self.max_backoff);
+        }
+    }
+
+    /// The longest wait between reconnection attempts.
+    pub fn max_backoff(&self) -> Duration {
+        self.max_backoff
+    }
+}
+
+/// Opens a channel with publisher confirms on.
+pub async fn confirmed_channel(connection: &Connection) -> lapin::Result<Channel> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+/// Publishes to `queue` through the default exchange as mandatory (a missing queue is a failed
+/// confirm, not a silent drop), returning the pending confirm so callers can pipeline.
+pub async fn publish_to_queue(
+    channel: &Channel,
+    queue: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<lapin::PublisherConfirm, BrokerError> {
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    Ok(channel
+        .basic_publish("".into(), queue.into(), options, body, properties)
+        .await?)
+}
+
+/// Publishes on a confirm-mode channel and waits until the broker has taken responsibility for
+/// the message. With `mandatory`, a message no queue took counts as not confirmed.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    mandatory: bool,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<(), BrokerError> {
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory,
+                ..BasicPublishOptions::default()
+            },
+            body,
+            properties,
+        )
+        .await?;
+    check_confirmation(confirm.await?, routing_key)
+}
+
+/// Turns a publisher confirmation into success, or the reason the broker did not take it.
+pub fn check_confirmation(confirmation: Confirmation, target: &str) -> Result<(), BrokerError> {
+    match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(BrokerError::NotConfirmed(target.into(), "unroutable")),
+        Confirmation::Nack(_) => Err(BrokerError::NotConfirmed(target.into(), "nacked")),
+        Confirmation::NotRequested => Err(BrokerError::NotConfirmed(
+            target.into(),
+            "channel not in confirm mode",
+        )),
+    }
+}
+
+/// A queue's state (message and consumer counts) by a passive declare. A missing queue is an
+/// error that closes `channel`.
+pub async fn inspect_queue(channel: &Channel, name: &str) -> lapin::Result<lapin::Queue> {
+    channel
+        .queue_declare(
+            name.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+}
+
+/// A private, server-named queue (exclusive: it goes away with the connection), bound to each
+/// `(exchange, routing key)` of `bindings`, and an auto-acking consumer on it. Returns the
+/// queue's name (for `reply_to`) and the consumer.
+pub async fn private_consumer(
+    channel: &Channel,
+    bindings: &[(&str, &str)],
+) -> lapin::Result<(String, lapin::Consumer)> {
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let queue = channel
+        .queue_declare("".into(), options, FieldTable::default())
+        .await?;
+    for (exchange, key) in bindings {
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                (*exchange).into(),
+                (*key).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    let options = BasicConsumeOptions {
+        no_ack: true,
+        ..BasicConsumeOptions::default()
+    };
+    let consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            options,
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((queue.name().to_string(), consumer))
+}
+
+/// Publishes `result` to the `reply_to` of the request whose properties are `request`, with
+/// the request's `correlation_id` (else the task id). Returns the pending confirm, or `None`
+/// if the submitter asked for no result.
+pub async fn publish_result(
+    channel: &Channel,
+    request: &BasicProperties,
+    result: &crate::TaskResult,
+) -> Result<Option<lapin::PublisherConfirm>, BrokerError> {
+    let Some(reply_to) = request.reply_to() else {
+        return Ok(None);
+    };
+    let correlation = request
+        .correlation_id()
+        .clone()
+        .unwrap_or_else(|| result.id.as_str().into());
+    let body = serde_json::to_vec(result).expect("results serialize");
+    let properties = crate::message::json_properties(true).with_correlation_id(correlation);
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            reply_to.clone(),
+            BasicPublishOptions::default(),
+            &body,
+            properties,
+        )
+        .await?;
+    Ok(Some(confirm))
+}
+
+/// How long a delivery whose hand-off the broker refused waits before it is requeued: a queue
+/// that nacks (say, while it elects a leader after a node died) must not be hammered with the
+/// same messages in a tight loop, which on a small machine can starve the election itself.
+pub const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
+
+/// Acks a delivery whose content is safely handed on (`done`), or requeues it after
+/// [`REQUEUE_PAUSE`]. A failure to settle means the channel is gone, and then the broker
+/// requeues the delivery by itself.
+pub async fn settle(delivery: &lapin::message::Delivery, done: bool) {
+    use lapin::options::{BasicAckOptions, BasicNackOptions};
+    let settled = if done {
+        delivery.ack(BasicAckOptions::default()).await
+    } else {
+        tokio::time::sleep(REQUEUE_PAUSE).await;
+        delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await
+    };
+    if let Err(err) = settled {
+        tracing::debug!(cause = %err, "could not settle a delivery; the broker will redeliver it");
+    }
+}
+
+/// A URL with its password replaced by `***`, for logs and errors.
+pub fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &authority[..colon],
+            &url[scheme_end + 3 + at..]
+        ),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact("amqp://127.0.0.1:5672"), "amqp://127.0.0.1:5672");
+        assert_eq!(redact("amqp://user@host/v"), "amqp://user@host/v");
+    }
+}

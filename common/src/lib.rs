@@ -1,0 +1,36 @@
+//! Shared pieces of warren: the wire contract (envelope, results, events), topology as data,
+//! typed configuration, broker connections and process plumbing (logging, shutdown).
+#![warn(missing_docs)]
+
+pub mod broker;
+pub mod config;
+pub mod envelope;
+pub mod events;
+pub mod logging;
+pub mod message;
+pub mod reclaim;
+pub mod retry;
+pub mod shutdown;
+pub mod topology;
+
+pub use broker::{BrokerError, Pool, confirmed_channel, publish_confirmed, redact};
+pub use config::{Config, ConfigError};
+pub use envelope::{Rejection, Task, TaskDefaults};
+pub use events::{Heartbeat, Status, TaskEvent, TaskResult, WorkerState};
+pub use topology::Topology;
+
+/// AMQP header carrying the human-readable reason a message was rejected or declared dead.
+pub const HEADER_REASON: &str = "x-warren-reason";
+/// AMQP header carrying how many attempts of a task have already been made.
+pub const HEADER_ATTEMPTS: &str = "x-warren-attempts";
+/// AMQP header recording the `user_id` a submission was published with (RabbitMQ verifies
+/// `user_id` against the publishing connection, so it cannot be forwarded as a property).
+pub const HEADER_SUBMITTER: &str = "x-warren-submitter";
+/// AMQP header holding the JSON list of a task's failed attempts (`retry::AttemptRecord`).
+pub const HEADER_HISTORY: &str = "x-warren-history";
+/// AMQP header: do not start this task before this time (milliseconds since the Unix epoch);
+/// set on retries to apply the backoff.
+pub const HEADER_NOT_BEFORE: &str = "x-warren-not-before";
+/// AMQP header set by intake on a task whose submission was redelivered: a dispatcher that
+/// died may already have filed it, so it might be a duplicate.
+pub const HEADER_REDELIVERED: &str = "x-warren-redelivered";

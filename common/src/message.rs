@@ -1,0 +1,75 @@
+//! AMQP message properties as warren uses them: JSON bodies, attempt and reason headers.
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+
+use crate::{HEADER_ATTEMPTS, HEADER_REASON};
+
+/// Properties of a persistent JSON message.
+pub fn json_properties(persistent: bool) -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(if persistent { 2 } else { 1 })
+}
+
+/// An integer header, if present and numeric.
+pub fn header_u64(properties: &BasicProperties, name: &str) -> Option<u64> {
+    let value = properties.headers().as_ref()?.inner().get(name)?;
+    match value {
+        AMQPValue::ShortShortUInt(v) => Some(u64::from(*v)),
+        AMQPValue::ShortUInt(v) => Some(u64::from(*v)),
+        AMQPValue::LongUInt(v) => Some(u64::from(*v)),
+        AMQPValue::ShortShortInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::ShortInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::LongInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::LongLongInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::Timestamp(v) => Some(*v),
+        _ => None,
+    }
+}
+
+/// A string header, if present.
+pub fn header_str(properties: &BasicProperties, name: &str) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// Attempts already made of the task in this message (0 for a fresh one).
+pub fn attempts(properties: &BasicProperties) -> u32 {
+    header_u64(properties, HEADER_ATTEMPTS)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0)
+}
+
+/// `properties` with one header set (other headers kept).
+pub fn with_header(properties: BasicProperties, name: &str, value: AMQPValue) -> BasicProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(ShortString::from(name), value);
+    properties.with_headers(headers)
+}
+
+/// `properties` with `x-warren-reason` set to `reason`.
+pub fn with_reason(properties: BasicProperties, reason: &str) -> BasicProperties {
+    with_header(
+        properties,
+        HEADER_REASON,
+        AMQPValue::LongString(reason.into()),
+    )
+}
+
+/// `properties` with `x-warren-attempts` set to `attempts`.
+pub fn with_attempts(properties: BasicProperties, attempts: u32) -> BasicProperties {
+    with_header(
+        properties,
+        HEADER_ATTEMPTS,
+        AMQPValue::LongLongInt(i64::from(attempts)),
+    )
+}
+
+/// An empty header table, for call sites that need one.
+pub fn no_arguments() -> FieldTable {
+    FieldTable::default()
+}
