@@ -1,0 +1,171 @@
+//! The router's inputs: consumers of the priority-level queues (bounded by the scheduling
+//! window) and of the events exchange (heartbeats, finished tasks), turned into one stream of
+//! `Input`s.
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, Consumer};
+use tokio::sync::mpsc;
+use tracing::debug;
+use warren_common::{BrokerError, Heartbeat, Status, TaskEvent, Topology};
+
+/// Something the router must react to.
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// A task from priority level `level`, held until it is dispatched.
+    Task {
+        /// Level index, 0 = most urgent.
+        level: usize,
+        /// The delivery, acked once the task is confirmed on a worker's queue.
+        delivery: Box<Delivery>,
+    },
+    /// A worker's heartbeat.
+    Heartbeat(Heartbeat),
+    /// A worker no longer holds a task.
+    Released {
+        /// Worker id.
+        worker: String,
+        /// Task id.
+        task: String,
+        /// Task kind and how long the attempt ran, when a worker reported it finished.
+        ran: Option<(String, u64)>,
+        /// Whether the task reached a final state (not a retry).
+        finished: bool,
+    },
+    /// This dispatcher received the leader baton: it may route.
+    Leader,
+    /// A consumer failed: the session must restart.
+    Failed(BrokerError),
+}
+
+/// Starts one consumer per priority level on one channel, each with `window` unacked
+/// deliveries at most, forwarding into `inputs`. Returns the channel, to close at the end.
+pub(crate) async fn levels(
+    connection: &Connection,
+    topology: &Topology,
+    window: u16,
+    inputs: &mpsc::Sender<Input>,
+) -> Result<Channel, BrokerError> {
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(window, BasicQosOptions::default())
+        .await?;
+    for level in 0..topology.levels.len() {
+        let consumer = channel
+            .basic_consume(
+                topology.level_queue(level).as_str().into(),
+                format!("warren-level-{level}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        forward(consumer, inputs.clone(), move |delivery| {
+            Some(Input::Task {
+                level,
+                delivery: Box::new(delivery),
+            })
+        });
+    }
+    Ok(channel)
+}
+
+/// Binds a private queue to the events the router needs and forwards them into `inputs`.
+/// Returns the channel, to close at the end.
+pub(crate) async fn events(
+    connection: &Connection,
+    topology: &Topology,
+    instance: &str,
+    inputs: &mpsc::Sender<Input>,
+) -> Result<Channel, BrokerError> {
+    let channel = connection.create_channel().await?;
+    let queue = format!("{}.dispatcher.{instance}", topology.prefix);
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    for key in [
+        "worker.#",
+        "task.succeeded",
+        "task.failed",
+        "task.retrying",
+        "task.dead",
+    ] {
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                topology.events_exchange().as_str().into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    let consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "warren-events".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    forward(consumer, inputs.clone(), |delivery| {
+        let key = delivery.routing_key.as_str();
+        if key.starts_with("worker.") {
+            serde_json::from_slice(&delivery.data)
+                .ok()
+                .map(Input::Heartbeat)
+        } else {
+            let event: TaskEvent = serde_json::from_slice(&delivery.data).ok()?;
+            let worker = event.worker.filter(|_| event.status.releases_worker())?;
+            let finished = matches!(
+                event.status,
+                Status::Succeeded | Status::Failed | Status::Dead
+            );
+            Some(Input::Released {
+                worker,
+                task: event.id,
+                ran: event.duration_ms.map(|ms| (event.kind, ms)),
+                finished,
+            })
+        }
+    });
+    Ok(channel)
+}
+
+/// Forwards a consumer's deliveries, mapped by `map` (which may drop them), until the consumer
+/// or the router ends.
+fn forward(
+    mut consumer: Consumer,
+    inputs: mpsc::Sender<Input>,
+    map: impl Fn(Delivery) -> Option<Input> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        while let Some(next) = consumer.next().await {
+            let input = match next {
+                Ok(delivery) => match map(delivery) {
+                    Some(input) => input,
+                    None => {
+                        debug!("ignoring an unreadable event");
+                        continue;
+                    }
+                },
+                Err(err) => Input::Failed(err.into()),
+            };
+            if inputs.send(input).await.is_err() {
+                return;
+            }
+        }
+    });
+}

@@ -1,0 +1,260 @@
+//! Intake: every message on the submit exchange becomes a validated task on its priority
+//! level's queue, or is moved to the rejected queue with a reason. The submission is acked only
+//! after the broker confirmed where it went.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, PublisherConfirm};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+use warren_common::broker::{check_confirmation, publish_result, publish_to_queue, settle};
+use warren_common::envelope::SubmitProperties;
+use warren_common::message::with_reason;
+use warren_common::{BrokerError, Status, Task, TaskResult, confirmed_channel};
+
+use crate::Dispatcher;
+use crate::notify::Notifier;
+
+/// Consumes the intake queue until `stop` fires or the channel fails; then waits until every
+/// submission taken is settled and closes its channels.
+pub(crate) async fn run(
+    dispatcher: Arc<Dispatcher>,
+    connection: &Connection,
+    notifier: Notifier,
+    stop: CancellationToken,
+) -> Result<(), BrokerError> {
+    let consume = connection.create_channel().await?;
+    let publisher = confirmed_channel(connection).await?;
+    let settling = TaskTracker::new();
+    let result = consume_intake(
+        &dispatcher,
+        &consume,
+        &publisher,
+        &notifier,
+        &settling,
+        &stop,
+    )
+    .await;
+    settling.close();
+    settling.wait().await;
+    // Close channels before the connection is closed (lapin's background close of dropped
+    // channels races with the connection close).
+    let _ = consume.close(200, "intake stopped".into()).await;
+    let _ = publisher.close(200, "intake stopped".into()).await;
+    result
+}
+
+async fn consume_intake(
+    dispatcher: &Dispatcher,
+    consume: &Channel,
+    publisher: &Channel,
+    notifier: &Notifier,
+    settling: &TaskTracker,
+    stop: &CancellationToken,
+) -> Result<(), BrokerError> {
+    let prefetch = dispatcher.config.dispatcher.intake_prefetch;
+    consume
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let mut consumer = consume
+        .basic_consume(
+            dispatcher.topology.intake_queue().as_str().into(),
+            "warren-intake".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    loop {
+        let delivery = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            next = consumer.next() => match next {
+                Some(delivery) => delivery?,
+                None => return Err(BrokerError::Pool("intake consumer cancelled".into())),
+            },
+        };
+        let confirm = admit(dispatcher, publisher, notifier, &delivery).await?;
+        settling.spawn(settle_submission(confirm, delivery));
+    }
+}
+
+/// Validates one submission and publishes it where it belongs; returns the pending confirm.
+async fn admit(
+    dispatcher: &Dispatcher,
+    publisher: &Channel,
+    notifier: &Notifier,
+    delivery: &Delivery,
+) -> Result<Filed, BrokerError> {
+    let properties = &delivery.properties;
+    let fallback = SubmitProperties {
+        message_id: properties.message_id().as_ref().map(|id| id.as_str()),
+        priority: *properties.priority(),
+    };
+    let topology = &dispatcher.topology;
+    match Task::decode(&delivery.data, &fallback, &dispatcher.config.tasks) {
+        Ok(task) => {
+            let policy = dispatcher.config.dispatcher.policy;
+            let level =
+                crate::policy::intake_level(policy, task.priority, |p| topology.level_for(p));
+            let queue = topology.level_queue(level);
+            let mut forwarded = forwardable(properties)
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_message_id(task.id.as_str().into());
+            if delivery.redelivered {
+                forwarded = warren_common::message::with_header(
+                    forwarded,
+                    warren_common::HEADER_REDELIVERED,
+                    AMQPValue::Boolean(true),
+                );
+            }
+            let confirm = publish_to_queue(publisher, &queue, &task.to_json(), forwarded).await?;
+            notifier.task(&task.id, &task.kind, Status::Accepted, 0, None);
+            Ok(Filed {
+                confirm,
+                queue,
+                reply: None,
+            })
+        }
+        Err(rejection) => {
+            let reason = rejection.to_string();
+            debug!(%reason, "rejected a submission");
+            let queue = topology.rejected_queue();
+            let kept = with_reason(forwardable(properties), &reason);
+            let confirm = publish_to_queue(publisher, &queue, &delivery.data, kept).await?;
+            let (id, kind) = best_effort_identity(delivery);
+            let result = TaskResult {
+                id: id.clone(),
+                kind: kind.clone(),
+                status: Status::Rejected,
+                result: serde_json::Value::Null,
+                error: Some(reason.clone()),
+                attempts: 0,
+                worker: None,
+                started_at: None,
+                finished_at: None,
+            };
+            let reply = publish_result(publisher, properties, &result).await?;
+            notifier.task(&id, &kind, Status::Rejected, 0, Some(reason));
+            Ok(Filed {
+                confirm,
+                queue,
+                reply,
+            })
+        }
+    }
+}
+
+/// A submission published to its new home, awaiting the broker's confirms.
+struct Filed {
+    /// The confirm of the copy in its level queue (or the rejected queue).
+    confirm: PublisherConfirm,
+    /// That queue, for messages.
+    queue: String,
+    /// The confirm of a `rejected` result sent to `reply_to`, if any.
+    reply: Option<PublisherConfirm>,
+}
+
+/// Acks the submission once its new home confirmed it; otherwise hands it back to the intake
+/// queue to be tried again.
+async fn settle_submission(filed: Filed, delivery: Delivery) {
+    let confirmed = match filed.confirm.await {
+        Ok(confirmation) => check_confirmation(confirmation, &filed.queue),
+        Err(err) => Err(err.into()),
+    };
+    if let Err(err) = &confirmed {
+        warn!(cause = %err, "submission not confirmed; requeueing it");
+    }
+    // Best effort, but awaited (lapin keeps every unawaited confirm): the rejected message
+    // itself is what must not be lost.
+    if let Some(reply) = filed.reply {
+        let _ = reply.await;
+    }
+    settle(&delivery, confirmed.is_ok()).await;
+}
+
+/// The submission's properties, safe to republish from the dispatcher's connection: RabbitMQ
+/// refuses a `user_id` that is not the publishing connection's user, so it moves to a header.
+pub(crate) fn forwardable(properties: &BasicProperties) -> BasicProperties {
+    let mut forwarded = properties.clone();
+    if let Some(user) = properties.user_id() {
+        forwarded = warren_common::message::with_header(
+            forwarded,
+            warren_common::HEADER_SUBMITTER,
+            AMQPValue::LongString(user.as_str().into()),
+        );
+        // BasicProperties has no "without": rebuild it without the user_id.
+        forwarded = without_user_id(forwarded);
+    }
+    forwarded
+}
+
+fn without_user_id(p: BasicProperties) -> BasicProperties {
+    let mut out = BasicProperties::default();
+    if let Some(v) = p.content_type() {
+        out = out.with_content_type(v.clone());
+    }
+    if let Some(v) = p.content_encoding() {
+        out = out.with_content_encoding(v.clone());
+    }
+    if let Some(v) = p.headers() {
+        out = out.with_headers(v.clone());
+    }
+    if let Some(v) = p.delivery_mode() {
+        out = out.with_delivery_mode(*v);
+    }
+    if let Some(v) = p.priority() {
+        out = out.with_priority(*v);
+    }
+    if let Some(v) = p.correlation_id() {
+        out = out.with_correlation_id(v.clone());
+    }
+    if let Some(v) = p.reply_to() {
+        out = out.with_reply_to(v.clone());
+    }
+    if let Some(v) = p.expiration() {
+        out = out.with_expiration(v.clone());
+    }
+    if let Some(v) = p.message_id() {
+        out = out.with_message_id(v.clone());
+    }
+    if let Some(v) = p.timestamp() {
+        out = out.with_timestamp(*v);
+    }
+    if let Some(v) = p.kind() {
+        out = out.with_type(v.clone());
+    }
+    if let Some(v) = p.app_id() {
+        out = out.with_app_id(v.clone());
+    }
+    if let Some(v) = p.cluster_id() {
+        out = out.with_cluster_id(v.clone());
+    }
+    out
+}
+
+/// The id and kind of a rejected message, as far as they can be read.
+fn best_effort_identity(delivery: &Delivery) -> (String, String) {
+    let body: Option<serde_json::Value> = serde_json::from_slice(&delivery.data).ok();
+    let field = |name: &str| {
+        body.as_ref()
+            .and_then(|b| b.get(name))
+            .and_then(|v| v.as_str())
+            .map(|s| s.chars().take(128).collect::<String>())
+    };
+    let id = field("id")
+        .filter(|id| !id.is_empty())
+        .or_else(|| {
+            delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string())
+        })
+        .unwrap_or_default();
+    (id, field("kind").unwrap_or_default())
+}

@@ -1,0 +1,374 @@
+//! The router: the I/O shell around the scheduler core. It holds the tasks of the scheduling
+//! window, feeds heartbeats and releases to the registry, sends each task the scheduler picks
+//! to its worker's queue, and acks the task's priority-queue delivery only once the broker has
+//! confirmed it on the worker's queue.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lapin::message::Delivery;
+use lapin::options::BasicPublishOptions;
+use lapin::{Channel, PublisherConfirm};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use warren_common::broker::{check_confirmation, publish_result, settle};
+use warren_common::message::{header_u64, with_reason};
+use warren_common::reclaim::reclaim;
+use warren_common::{BrokerError, HEADER_NOT_BEFORE, Pool, Status, Task, publish_confirmed};
+
+use crate::Dispatcher;
+use crate::feeds::{self, Input};
+use crate::notify::Notifier;
+use crate::registry::{Change, Registry};
+use crate::scheduler::{Held, Scheduler, TaskInfo};
+
+/// How often silent workers are looked for.
+const LIVENESS_TICK: Duration = Duration::from_millis(250);
+/// Dead workers' queues a standby remembers at most.
+const MAX_ORPHANS: usize = 1024;
+/// How often tasks that no live worker can run are reported.
+const WAITING_REPORT: Duration = Duration::from_secs(10);
+
+/// The router of one broker session.
+pub(crate) struct Router<'a> {
+    /// Shared settings and names.
+    pub(crate) dispatcher: Arc<Dispatcher>,
+    /// Workers and their credit; outlives sessions, because workers do.
+    pub(crate) registry: &'a mut Registry,
+    /// The held tasks of this session (the broker requeues them if the session dies).
+    pub(crate) scheduler: Scheduler<Delivery>,
+    /// Confirm-mode channel for publishing to worker queues.
+    pub(crate) publisher: Channel,
+    /// Task events.
+    pub(crate) notifier: Notifier,
+    /// Back into the router, for dispatches the broker refused.
+    pub(crate) inputs: mpsc::Sender<Input>,
+    /// Confirm waiters still settling deliveries; waited for before the connection closes.
+    pub(crate) settling: TaskTracker,
+    /// For reclaiming departed workers' queues on their own connections.
+    pub(crate) pool: Pool,
+    /// When unrunnable tasks were last reported.
+    pub(crate) last_report: Instant,
+    /// The connection that holds the leader baton; routing happens only over it.
+    pub(crate) connection: &'a lapin::Connection,
+    /// Since when this dispatcher leads (holds the baton), if it does.
+    pub(crate) leading_since: Option<Instant>,
+    /// The channel consuming the priority queues, once routing.
+    pub(crate) levels_channel: Option<Channel>,
+    /// Queues of workers declared dead while this dispatcher was a standby.
+    pub(crate) orphans: Vec<String>,
+}
+
+impl Router<'_> {
+    /// Routes until `stop` fires or the session fails.
+    pub(crate) async fn run(
+        &mut self,
+        mut inputs: mpsc::Receiver<Input>,
+        stop: &CancellationToken,
+    ) -> Result<(), BrokerError> {
+        let mut liveness = tokio::time::interval(LIVENESS_TICK);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                input = inputs.recv() => match input {
+                    Some(input) => self.handle(input)?,
+                    None => return Ok(()),
+                },
+                _ = liveness.tick() => {
+                    self.expire(stop);
+                    self.start_routing().await?;
+                }
+            }
+            self.dispatch().await?;
+        }
+    }
+
+    fn handle(&mut self, input: Input) -> Result<(), BrokerError> {
+        match input {
+            Input::Task { level, delivery } => self.hold(level, *delivery),
+            Input::Heartbeat(beat) => {
+                let change = self.registry.heartbeat(&beat, Instant::now());
+                match change {
+                    Change::Joined => {
+                        info!(worker = %beat.worker, kinds = ?beat.kinds, capacity = beat.concurrency, "worker joined")
+                    }
+                    // A worker that says goodbye has emptied and deleted its own queue.
+                    Change::Left => info!(worker = %beat.worker, "worker left"),
+                    Change::Refreshed => {}
+                }
+            }
+            Input::Released {
+                worker,
+                task,
+                ran,
+                finished,
+            } => {
+                self.registry.released(&worker, &task);
+                if finished {
+                    self.registry.finished(&task);
+                }
+                if let Some((kind, duration_ms)) = ran {
+                    self.scheduler.observe(&kind, duration_ms as f64);
+                }
+            }
+            Input::Leader => self.leading_since = Some(Instant::now()),
+            Input::Failed(err) => return Err(err),
+        }
+        Ok(())
+    }
+
+    /// Holds a delivered task; an unreadable one goes to the dead queue.
+    fn hold(&mut self, level: usize, delivery: Delivery) {
+        match Task::from_json(&delivery.data) {
+            Ok(task) if maybe_duplicate(&delivery) && self.registry.has_seen(&task.id) => {
+                // A copy the previous leader had already sent on: it runs, or ran, elsewhere.
+                info!(task = %task.id, "dropping a redelivered task that a worker already has");
+                self.settling
+                    .spawn(async move { settle(&delivery, true).await });
+            }
+            Ok(task) => {
+                let (now, wall) = (Instant::now(), chrono::Utc::now());
+                let to_instant = |at: chrono::DateTime<chrono::Utc>| match (at - wall).to_std() {
+                    Ok(ahead) => now + ahead,
+                    Err(_) => now
+                        .checked_sub((wall - at).to_std().unwrap_or_default())
+                        .unwrap_or(now),
+                };
+                let deadline = task.deadline.map(to_instant);
+                let not_before = header_u64(&delivery.properties, HEADER_NOT_BEFORE)
+                    .and_then(|ms| i64::try_from(ms).ok())
+                    .and_then(chrono::DateTime::from_timestamp_millis)
+                    .map(to_instant);
+                let info = TaskInfo {
+                    id: task.id,
+                    kind: task.kind,
+                    requires: task.requires,
+                    cost: task.cost,
+                    estimated_ms: task.estimated_ms.map(|ms| ms as f64),
+                    deadline,
+                    arrived: now,
+                    not_before,
+                };
+                self.scheduler.push(
+                    level,
+                    Held {
+                        task: info,
+                        handle: delivery,
+                    },
+                );
+            }
+            Err(reason) => {
+                warn!(%reason, "unreadable task on a priority queue; moving it to dead");
+                self.bury(delivery, None, reason.to_string());
+            }
+        }
+    }
+
+    /// Moves a held task to the dead queue with `reason`, tells its submitter (if it asked for
+    /// a result) and the events exchange, then acks it.
+    fn bury(&self, delivery: Delivery, task: Option<TaskInfo>, reason: String) {
+        let publisher = self.publisher.clone();
+        let dead = self.dispatcher.topology.dead_queue();
+        if let Some(task) = &task {
+            self.notifier.send(warren_common::TaskEvent {
+                error: Some(reason.clone()),
+                ..event(task, Status::Dead)
+            });
+        }
+        self.settling.spawn(async move {
+            let properties = with_reason(delivery.properties.clone(), &reason);
+            let moved =
+                publish_confirmed(&publisher, "", &dead, true, &delivery.data, properties).await;
+            if let (Ok(()), Some(task)) = (&moved, &task) {
+                let result = warren_common::TaskResult {
+                    id: task.id.clone(),
+                    kind: task.kind.clone(),
+                    status: Status::Dead,
+                    result: serde_json::Value::Null,
+                    error: Some(reason),
+                    attempts: warren_common::message::attempts(&delivery.properties),
+                    worker: None,
+                    started_at: None,
+                    finished_at: None,
+                };
+                if let Ok(Some(confirm)) =
+                    publish_result(&publisher, &delivery.properties, &result).await
+                {
+                    let _ = confirm.await;
+                }
+            }
+            settle(&delivery, moved.is_ok()).await;
+        });
+    }
+
+    /// Buries the held tasks whose deadline passed before they could start.
+    fn expire_deadlines(&mut self) {
+        for expired in self.scheduler.take_expired(Instant::now()) {
+            let reason = "deadline passed before the task started".to_owned();
+            self.bury(expired.handle, Some(expired.task), reason);
+        }
+    }
+
+    /// Sends every task the scheduler can place now.
+    async fn dispatch(&mut self) -> Result<(), BrokerError> {
+        self.expire_deadlines();
+        let now = Instant::now();
+        while let Some(assignment) = self.scheduler.next(self.registry, now) {
+            let task = assignment.held.task;
+            let delivery = assignment.held.handle;
+            self.registry
+                .dispatched(&assignment.worker, &task.id, task.cost, now);
+            let sent = self
+                .publisher
+                .basic_publish(
+                    "".into(),
+                    assignment.queue.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &delivery.data,
+                    delivery.properties.clone(),
+                )
+                .await;
+            let confirm = match sent {
+                Ok(confirm) => confirm,
+                Err(err) => {
+                    self.registry.released(&assignment.worker, &task.id);
+                    return Err(err.into());
+                }
+            };
+            self.notifier.send(warren_common::TaskEvent {
+                worker: Some(assignment.worker.clone()),
+                ..event(&task, Status::Dispatched)
+            });
+            let inputs = self.inputs.clone();
+            self.settling.spawn(confirm_dispatch(
+                confirm,
+                delivery,
+                assignment.queue,
+                assignment.worker,
+                task.id,
+                inputs,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Once this dispatcher has led for `dispatcher.adopt_ms` (time for every worker's
+    /// heartbeat to say which tasks it runs), starts consuming the priority queues.
+    async fn start_routing(&mut self) -> Result<(), BrokerError> {
+        let Some(since) = self.leading_since else {
+            return Ok(());
+        };
+        let adopt = Duration::from_millis(self.dispatcher.config.dispatcher.adopt_ms);
+        if self.levels_channel.is_some() || since.elapsed() < adopt {
+            return Ok(());
+        }
+        let topology = &self.dispatcher.topology;
+        let window = self.dispatcher.config.dispatcher.window;
+        let channel = feeds::levels(self.connection, topology, window, &self.inputs).await?;
+        self.levels_channel = Some(channel);
+        info!(workers = self.registry.workers().count(), "routing");
+        // Queues of workers that died while another dispatcher led (it may have reclaimed
+        // them already; then this finds them gone).
+        for queue in std::mem::take(&mut self.orphans) {
+            self.reclaim(queue, &CancellationToken::new());
+        }
+        Ok(())
+    }
+
+    /// Forgets workers that fell silent and reclaims their queues; now and then, says which
+    /// held tasks no live worker can run.
+    fn expire(&mut self, stop: &CancellationToken) {
+        if self.last_report.elapsed() >= WAITING_REPORT {
+            self.last_report = Instant::now();
+            let waiting = self.scheduler.unrunnable(self.registry);
+            if !waiting.is_empty() {
+                warn!(
+                    ?waiting,
+                    "tasks wait: no live worker can run these kinds (or tags, or cost)"
+                );
+            }
+        }
+        for dead in self.registry.expire(Instant::now()) {
+            warn!(worker = %dead.id, held = dead.outstanding.len(), "worker silent for too long; declaring it dead");
+            if self.leading_since.is_some() {
+                self.notifier.worker_offline(&dead);
+                self.reclaim(dead.queue, stop);
+            } else if self.orphans.len() < MAX_ORPHANS {
+                // A standby only remembers: whoever leads reclaims.
+                self.orphans.push(dead.queue);
+            }
+        }
+    }
+
+    fn reclaim(&self, queue: String, stop: &CancellationToken) {
+        let pool = self.pool.clone();
+        let topology = self.dispatcher.topology.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let connection = match pool.get().await {
+                Ok(connection) => connection,
+                Err(err) => return warn!(%queue, cause = %err, "cannot reclaim a worker queue now"),
+            };
+            if let Err(err) = reclaim(&connection, &topology, &queue, &stop).await {
+                warn!(%queue, cause = %err, "reclaiming a worker queue failed");
+            }
+        });
+    }
+}
+
+/// Whether a delivery may be a copy of a task that a dispatcher which died had already passed
+/// on: redelivered from its priority queue, or filed from a redelivered submission.
+fn maybe_duplicate(delivery: &Delivery) -> bool {
+    delivery.redelivered
+        || delivery
+            .properties
+            .headers()
+            .as_ref()
+            .is_some_and(|h| h.inner().contains_key(warren_common::HEADER_REDELIVERED))
+}
+
+/// Waits for the worker queue to confirm a dispatched task, then acks the priority-queue
+/// delivery; if the broker refused it, requeues the delivery and frees the worker's slot.
+async fn confirm_dispatch(
+    confirm: PublisherConfirm,
+    delivery: Delivery,
+    queue: String,
+    worker: String,
+    task: String,
+    inputs: mpsc::Sender<Input>,
+) {
+    let confirmed = match confirm.await {
+        Ok(confirmation) => check_confirmation(confirmation, &queue),
+        Err(err) => Err(err.into()),
+    };
+    if let Err(err) = &confirmed {
+        warn!(%task, %worker, cause = %err, "dispatch not confirmed; the task goes back to its level");
+        let _ = inputs
+            .send(Input::Released {
+                worker,
+                task,
+                ran: None,
+                finished: false,
+            })
+            .await;
+    }
+    settle(&delivery, confirmed.is_ok()).await;
+}
+
+fn event(task: &TaskInfo, status: Status) -> warren_common::TaskEvent {
+    warren_common::TaskEvent {
+        id: task.id.clone(),
+        kind: task.kind.clone(),
+        status,
+        attempt: 0,
+        worker: None,
+        error: None,
+        duration_ms: None,
+        at: chrono::Utc::now(),
+    }
+}

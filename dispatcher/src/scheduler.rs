@@ -1,0 +1,214 @@
+//! The scheduler core: the tasks the dispatcher holds (its bounded window over the priority
+//! queues) and the decision of which task goes to which worker next — level selection, then
+//! the policy's order within the level, then the balancer among the workers able to run it.
+//! Pure: no broker types (the handle `H` is whatever the caller needs to settle a task later),
+//! `now` and the rng seed passed in.
+
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use warren_common::config::DispatcherConfig;
+
+use crate::balancer::Balancer;
+use crate::levels::LevelSelector;
+use crate::policy::{self, Estimator, OrderKey, Policy};
+use crate::registry::{Registry, WorkerEntry};
+
+/// What the scheduler needs to know of a held task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskInfo {
+    /// Task id.
+    pub id: String,
+    /// Task kind.
+    pub kind: String,
+    /// Tags a worker must advertise to run it.
+    pub requires: Vec<String>,
+    /// Capacity units it occupies.
+    pub cost: u32,
+    /// The submitter's run-time estimate, if any.
+    pub estimated_ms: Option<f64>,
+    /// Not started by then means dead.
+    pub deadline: Option<Instant>,
+    /// When the dispatcher received it.
+    pub arrived: Instant,
+    /// Not to be started before then (a retry's backoff).
+    pub not_before: Option<Instant>,
+}
+
+/// A held task and its handle.
+#[derive(Debug)]
+pub struct Held<H> {
+    /// The task.
+    pub task: TaskInfo,
+    /// The caller's handle (a delivery to ack once the task is safely on a worker's queue).
+    pub handle: H,
+}
+
+/// A decision: send `held` to the worker `worker`.
+#[derive(Debug)]
+pub struct Assignment<H> {
+    /// The task, removed from the window.
+    pub held: Held<H>,
+    /// The chosen worker's id.
+    pub worker: String,
+    /// The chosen worker's queue.
+    pub queue: String,
+}
+
+/// Held tasks per priority level (0 = most urgent), in arrival order, and the decision state.
+#[derive(Debug)]
+pub struct Scheduler<H> {
+    /// One list per level, in arrival order.
+    levels: Vec<Vec<Held<H>>>,
+    /// Order within a level.
+    policy: Policy,
+    /// Which level goes next.
+    selector: LevelSelector,
+    /// Which worker gets the task.
+    balancer: Balancer,
+    /// Learned run times per kind, for shortest-job-first.
+    estimator: Estimator,
+    /// For the randomized balancers.
+    rng: StdRng,
+}
+
+impl<H> Scheduler<H> {
+    /// A scheduler over `levels` levels, set up as `config` says, with a seeded rng.
+    pub fn new(levels: usize, config: &DispatcherConfig, seed: u64) -> Scheduler<H> {
+        let aging = (config.aging_ms > 0).then(|| Duration::from_millis(config.aging_ms));
+        let mut weights = config.weights.clone();
+        weights.resize(levels, 1);
+        Scheduler {
+            levels: (0..levels).map(|_| Vec::new()).collect(),
+            policy: config.policy,
+            selector: LevelSelector::new(config.levels, &weights, aging),
+            balancer: Balancer::new(config.balancer),
+            estimator: Estimator::default(),
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    /// Holds a task on `level`.
+    pub fn push(&mut self, level: usize, held: Held<H>) {
+        self.levels[level].push(held);
+    }
+
+    /// Tasks held per level.
+    pub fn held(&self) -> Vec<usize> {
+        self.levels.iter().map(Vec::len).collect()
+    }
+
+    /// Learns that a task of `kind` ran for `duration_ms`.
+    pub fn observe(&mut self, kind: &str, duration_ms: f64) {
+        self.estimator.observe(kind, duration_ms);
+    }
+
+    /// Takes out every held task whose deadline has passed.
+    pub fn take_expired(&mut self, now: Instant) -> Vec<Held<H>> {
+        let mut expired = Vec::new();
+        for level in &mut self.levels {
+            let mut index = 0;
+            while index < level.len() {
+                if level[index].task.deadline.is_some_and(|d| d < now) {
+                    expired.push(level.remove(index));
+                } else {
+                    index += 1;
+                }
+            }
+        }
+        expired
+    }
+
+    /// Held tasks that no known worker is able to run at all, by kind (they wait).
+    pub fn unrunnable(&self, registry: &Registry) -> Vec<(String, usize)> {
+        let mut kinds: Vec<(String, usize)> = Vec::new();
+        for held in self.levels.iter().flatten() {
+            let task = &held.task;
+            let able = registry
+                .workers()
+                .any(|w| w.is_able(&task.kind, &task.requires) && w.capacity >= task.cost);
+            if !able {
+                match kinds.iter_mut().find(|(kind, _)| *kind == task.kind) {
+                    Some((_, count)) => *count += 1,
+                    None => kinds.push((task.kind.clone(), 1)),
+                }
+            }
+        }
+        kinds
+    }
+
+    /// The next task to send and where, if any held task can go to a worker now. Tasks no
+    /// worker can take now stay held without blocking the ones behind them.
+    pub fn next(&mut self, registry: &Registry, now: Instant) -> Option<Assignment<H>> {
+        // Per level: the runnable task the policy puts first, and the oldest runnable one.
+        let mut first: Vec<Option<usize>> = vec![None; self.levels.len()];
+        let mut oldest: Vec<Option<Instant>> = vec![None; self.levels.len()];
+        for (index, level) in self.levels.iter().enumerate() {
+            for (position, held) in level.iter().enumerate() {
+                let task = &held.task;
+                let waiting = task.not_before.is_some_and(|t| t > now);
+                if waiting || !registry.workers().any(|w| can_take(w, task)) {
+                    continue;
+                }
+                let arrived = task.arrived;
+                if oldest[index].is_none_or(|o| arrived < o) {
+                    oldest[index] = Some(arrived);
+                }
+                let better = match first[index] {
+                    None => true,
+                    Some(best) => {
+                        policy::before(self.policy, &self.key(task), &self.key(&level[best].task))
+                    }
+                };
+                if better {
+                    first[index] = Some(position);
+                }
+            }
+        }
+        let level = if self.policy == Policy::Fcfs {
+            // One arrival order across levels.
+            (0..self.levels.len())
+                .filter_map(|i| oldest[i].map(|o| (i, o)))
+                .min_by_key(|(_, o)| *o)
+                .map(|(i, _)| i)?
+        } else {
+            self.selector.pick(&oldest, now)?
+        };
+        let position = first[level]?;
+        let task = &self.levels[level][position].task;
+        let candidates: Vec<&WorkerEntry> =
+            registry.workers().filter(|w| can_take(w, task)).collect();
+        let worker = self.balancer.pick(&candidates, &mut self.rng)?;
+        let (worker, queue) = (worker.id.clone(), worker.queue.clone());
+        let held = self.levels[level].remove(position);
+        Some(Assignment {
+            held,
+            worker,
+            queue,
+        })
+    }
+
+    fn key(&self, task: &TaskInfo) -> OrderKey {
+        OrderKey {
+            arrived: task.arrived,
+            deadline: task.deadline,
+            expected_ms: task
+                .estimated_ms
+                .unwrap_or_else(|| self.estimator.estimate(&task.kind)),
+        }
+    }
+
+    /// Takes every held task out (when the session that holds them ends).
+    pub fn clear(&mut self) {
+        self.levels.iter_mut().for_each(Vec::clear);
+    }
+}
+
+fn can_take(worker: &WorkerEntry, task: &TaskInfo) -> bool {
+    worker.can_take(&task.kind, &task.requires, task.cost)
+}
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;
