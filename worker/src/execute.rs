@@ -1,0 +1,198 @@
+//! One attempt of one task: run its handler under a timeout, then hand the outcome on (result to
+//! `reply_to`, event to the events exchange) and only then ack the delivery.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use lapin::Channel;
+use lapin::message::Delivery;
+use lapin::options::{BasicNackOptions, BasicPublishOptions};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use warren_common::broker::settle;
+use warren_common::message::{attempts, json_properties};
+use warren_common::{BrokerError, Status, Task, TaskEvent};
+
+use crate::Worker;
+use crate::handler::{HandlerError, TaskContext};
+use crate::report::{self, Report};
+
+/// How an attempt ended.
+enum Outcome {
+    /// The handler returned.
+    Finished(Result<Value, HandlerError>),
+    /// The worker is stopping past its grace period: hand the task back untouched.
+    HandedBack,
+}
+
+/// Runs one delivery to completion. `hand_back` fires when the worker must give up its tasks.
+pub(crate) async fn execute(
+    worker: Arc<Worker>,
+    publisher: Channel,
+    delivery: Delivery,
+    hand_back: CancellationToken,
+) {
+    let task = match Task::from_json(&delivery.data) {
+        Ok(task) => task,
+        Err(reason) => {
+            // Only warren writes worker queues, so this is a bug elsewhere; keep the bytes.
+            warn!(%reason, "unreadable task in the worker queue; moving it to dead");
+            let dead = worker.topology.dead_queue();
+            let properties = warren_common::message::with_reason(
+                delivery.properties.clone(),
+                &reason.to_string(),
+            );
+            let moved = warren_common::publish_confirmed(
+                &publisher,
+                "",
+                &dead,
+                true,
+                &delivery.data,
+                properties,
+            )
+            .await;
+            settle(&delivery, moved.is_ok()).await;
+            return;
+        }
+    };
+    let attempt = attempts(&delivery.properties) + 1;
+    worker.status.started(&task.id);
+    let started_at = Utc::now();
+    let started = event(&worker, &task, Status::Started, attempt, None, None);
+    // Its confirm is awaited after the attempt (lapin keeps every unawaited confirm).
+    let started_confirm = send_event(&worker, &publisher, &started).await.ok();
+    let outcome = run_handler(&worker, &task, attempt, &hand_back).await;
+    let finished_at = Utc::now();
+    let result = match outcome {
+        Outcome::HandedBack => {
+            if let Some(confirm) = started_confirm {
+                let _ = confirm.await;
+            }
+            debug!(task = %task.id, "handing task back");
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await;
+            worker.status.finished(&task.id);
+            return;
+        }
+        Outcome::Finished(result) => result,
+    };
+    let verdict = report::verdict(
+        result,
+        attempt,
+        task.max_attempts,
+        &worker.config.tasks,
+        rand::random(),
+    );
+    let report = Report {
+        task: &task,
+        attempt,
+        verdict,
+        started_at,
+        finished_at,
+    };
+    let delivered = report.publish(&worker, &publisher, &delivery).await;
+    if let Some(confirm) = started_confirm {
+        let _ = confirm.await;
+    }
+    if let Err(err) = &delivered {
+        warn!(task = %task.id, cause = %err, "could not hand the outcome on; the task will run again");
+    }
+    settle(&delivery, delivered.is_ok()).await;
+    worker.status.finished(&task.id);
+}
+
+/// Runs the handler in its own tokio task (so a panic fails only this attempt), bounded by the
+/// task's timeout and by `hand_back`.
+async fn run_handler(
+    worker: &Worker,
+    task: &Task,
+    attempt: u32,
+    hand_back: &CancellationToken,
+) -> Outcome {
+    let Some(handler) = worker.handlers.get(&task.kind) else {
+        return Outcome::Finished(Err(HandlerError::failed(format!(
+            "no handler for kind {:?} on worker {}",
+            task.kind, worker.status.id
+        ))));
+    };
+    let cancelled = CancellationToken::new();
+    let context = TaskContext {
+        id: task.id.clone(),
+        kind: task.kind.clone(),
+        payload: task.payload.clone(),
+        attempt,
+        cancelled: cancelled.clone(),
+    };
+    let mut running = tokio::spawn(handler.call(context));
+    let timeout = Duration::from_millis(task.timeout_ms);
+    let outcome = tokio::select! {
+        joined = &mut running => Outcome::Finished(match joined {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => Err(HandlerError::failed(format!(
+                "handler panicked: {}",
+                panic_message(err.into_panic())
+            ))),
+            Err(err) => Err(HandlerError::failed(format!("handler aborted: {err}"))),
+        }),
+        () = tokio::time::sleep(timeout) => Outcome::Finished(Err(HandlerError::failed(format!(
+            "timed out after {} ms", task.timeout_ms
+        )))),
+        () = hand_back.cancelled() => Outcome::HandedBack,
+    };
+    cancelled.cancel();
+    running.abort();
+    outcome
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+pub(crate) fn event(
+    worker: &Worker,
+    task: &Task,
+    status: Status,
+    attempt: u32,
+    error: Option<String>,
+    duration_ms: Option<u64>,
+) -> TaskEvent {
+    TaskEvent {
+        id: task.id.clone(),
+        kind: task.kind.clone(),
+        status,
+        attempt,
+        worker: Some(worker.status.id.clone()),
+        error,
+        duration_ms,
+        at: Utc::now(),
+    }
+}
+
+pub(crate) async fn send_event(
+    worker: &Worker,
+    publisher: &Channel,
+    event: &TaskEvent,
+) -> Result<lapin::PublisherConfirm, BrokerError> {
+    let body = serde_json::to_vec(event).expect("events serialize");
+    Ok(publisher
+        .basic_publish(
+            worker.topology.events_exchange().as_str().into(),
+            event.status.routing_key().into(),
+            BasicPublishOptions::default(),
+            &body,
+            json_properties(false),
+        )
+        .await?)
+}

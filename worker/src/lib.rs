@@ -1,0 +1,101 @@
+//! warren's worker: consumes its own queue, runs up to `worker.concurrency` tasks at once with
+//! built-in, external-command and Rust handlers, reports results and events, publishes
+//! heartbeats, and drains gracefully on shutdown.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), warren_worker::WorkerError> {
+//! use warren_worker::{HandlerError, Registry, TaskContext};
+//! let config = warren_common::Config::load(None).expect("valid config");
+//! let mut handlers = Registry::with_builtins(&config);
+//! handlers.register("add", |task: TaskContext| async move {
+//!     let a = task.payload["a"].as_i64().ok_or_else(|| HandlerError::abort("need a"))?;
+//!     let b = task.payload["b"].as_i64().ok_or_else(|| HandlerError::abort("need b"))?;
+//!     Ok(serde_json::json!(a + b))
+//! });
+//! warren_worker::run(config, handlers, warren_common::shutdown::on_signal()).await
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+pub mod builtin;
+pub mod exec;
+mod execute;
+pub mod handler;
+mod heartbeat;
+mod report;
+mod session;
+mod status;
+
+use std::sync::Arc;
+
+use warren_common::{BrokerError, Config, Pool, Topology};
+
+pub use handler::{Handler, HandlerError, HandlerFuture, Registry, TaskContext};
+
+use status::WorkerStatus;
+
+/// Why a worker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The broker connection could not be set up.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+impl Registry {
+    /// A registry with the built-in handlers and the `exec` handlers of `config.handlers`.
+    pub fn with_builtins(config: &Config) -> Registry {
+        let mut registry = Registry::new();
+        builtin::register(&mut registry);
+        for (kind, handler) in &config.handlers {
+            registry.register(
+                kind.clone(),
+                exec::ExecHandler::new(handler.command.clone()),
+            );
+        }
+        registry
+    }
+}
+
+/// Everything one worker process shares between its sessions and tasks.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    /// Settings, validated.
+    pub(crate) config: Config,
+    /// Names on the broker.
+    pub(crate) topology: Topology,
+    /// Kind → handler.
+    pub(crate) handlers: Registry,
+    /// Identity and live state, published in heartbeats.
+    pub(crate) status: Arc<WorkerStatus>,
+}
+
+/// Runs a worker until `shutdown` fires, then drains: stops taking tasks, lets running ones
+/// finish within `worker.grace_ms`, hands the rest back, and says goodbye. Reconnects (to the
+/// next node in `amqp.urls`) whenever the broker connection is lost.
+pub async fn run(
+    config: Config,
+    handlers: Registry,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(), WorkerError> {
+    let id = config.worker.resolved_id();
+    let topology = config.topology();
+    let status = WorkerStatus::new(
+        id.clone(),
+        topology.worker_queue(&id),
+        handlers.kinds(),
+        config.worker.tags.clone(),
+        config.worker.concurrency,
+        config.worker.capacity.unwrap_or(config.worker.concurrency),
+    );
+    let pool = Pool::new(&config.amqp, &format!("warren-worker {id}"))?;
+    let worker = Arc::new(Worker {
+        config,
+        topology,
+        handlers,
+        status: Arc::new(status),
+    });
+    tracing::info!(worker = %id, kinds = ?worker.status.kinds, "worker starting");
+    session::run_sessions(worker, pool, shutdown).await;
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! What happens after an attempt: success; a retry with backoff (back through intake, with the
+//! attempt recorded); death in `<prefix>.dead` once `max_attempts` is spent; or a plain failure
+//! when the handler aborted. The decision is pure; `Report::publish` carries it out and waits
+//! for the broker's confirms before the caller acks.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lapin::message::Delivery;
+use lapin::types::AMQPValue;
+use lapin::{BasicProperties, Channel, PublisherConfirm};
+use serde_json::Value;
+use warren_common::broker::{check_confirmation, publish_result, publish_to_queue};
+use warren_common::envelope::TaskDefaults;
+use warren_common::message::{header_str, with_attempts, with_header, with_reason};
+use warren_common::retry::{AttemptRecord, MAX_HISTORY, backoff};
+use warren_common::{BrokerError, HEADER_HISTORY, HEADER_NOT_BEFORE, Status, Task, TaskResult};
+
+use crate::Worker;
+use crate::execute::{event, send_event};
+use crate::handler::HandlerError;
+
+/// What an attempt's outcome means for the task.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Verdict {
+    /// Done: the handler's result.
+    Succeeded(Value),
+    /// Try again after `delay`.
+    Retry {
+        /// Why this attempt failed.
+        error: String,
+        /// Backoff before the next attempt.
+        delay: Duration,
+    },
+    /// Every attempt failed: to the dead queue.
+    Dead {
+        /// Why the task is dead (attempts spent, and the last error).
+        error: String,
+        /// Why the last attempt failed.
+        last: String,
+    },
+    /// The handler says retrying cannot help.
+    Failed {
+        /// Why.
+        error: String,
+    },
+}
+
+/// Decides what attempt number `attempt` (from 1) of a task allowed `max_attempts` leads to.
+/// `jitter` is a uniform draw in [0, 1) for the backoff.
+pub(crate) fn verdict(
+    result: Result<Value, HandlerError>,
+    attempt: u32,
+    max_attempts: u32,
+    defaults: &TaskDefaults,
+    jitter: f64,
+) -> Verdict {
+    match result {
+        Ok(value) => Verdict::Succeeded(value),
+        Err(HandlerError::Abort(error)) => Verdict::Failed { error },
+        Err(HandlerError::Failed(error)) if attempt < max_attempts => Verdict::Retry {
+            error,
+            delay: backoff(
+                attempt,
+                Duration::from_millis(defaults.retry_base_ms),
+                Duration::from_millis(defaults.retry_max_ms),
+                jitter,
+            ),
+        },
+        Err(HandlerError::Failed(last)) => Verdict::Dead {
+            error: format!("failed {attempt} of {max_attempts} attempts; last error: {last}"),
+            last,
+        },
+    }
+}
+
+/// A finished attempt, ready to be reported.
+pub(crate) struct Report<'a> {
+    /// The task.
+    pub(crate) task: &'a Task,
+    /// This attempt's number.
+    pub(crate) attempt: u32,
+    /// What it leads to.
+    pub(crate) verdict: Verdict,
+    /// When the attempt started.
+    pub(crate) started_at: DateTime<Utc>,
+    /// When it ended.
+    pub(crate) finished_at: DateTime<Utc>,
+}
+
+impl Report<'_> {
+    /// Publishes what the verdict calls for — the retry or the dead letter (confirmed), the
+    /// result (if the submitter asked for one), the event — and waits for the broker to have
+    /// them all.
+    pub(crate) async fn publish(
+        &self,
+        worker: &Worker,
+        publisher: &Channel,
+        delivery: &Delivery,
+    ) -> Result<(), BrokerError> {
+        let request = &delivery.properties;
+        let topology = &worker.topology;
+        let mut pending: Vec<(PublisherConfirm, String)> = Vec::with_capacity(3);
+        let mut result_confirm = None;
+        let (status, value, error) = match &self.verdict {
+            Verdict::Succeeded(value) => (Status::Succeeded, value.clone(), None),
+            Verdict::Failed { error } => (Status::Failed, Value::Null, Some(error.clone())),
+            Verdict::Retry { error, delay } => {
+                let not_before =
+                    Utc::now() + chrono::Duration::from_std(*delay).unwrap_or_default();
+                let properties = with_header(
+                    self.carried_over(worker, request, error),
+                    HEADER_NOT_BEFORE,
+                    AMQPValue::LongLongInt(not_before.timestamp_millis()),
+                );
+                let queue = topology.intake_queue();
+                pending.push((
+                    publish_to_queue(publisher, &queue, &delivery.data, properties).await?,
+                    queue,
+                ));
+                (Status::Retrying, Value::Null, Some(error.clone()))
+            }
+            Verdict::Dead { error, last } => {
+                let properties = with_reason(self.carried_over(worker, request, last), error);
+                let queue = topology.dead_queue();
+                pending.push((
+                    publish_to_queue(publisher, &queue, &delivery.data, properties).await?,
+                    queue,
+                ));
+                (Status::Dead, Value::Null, Some(error.clone()))
+            }
+        };
+        if status != Status::Retrying {
+            let result = TaskResult {
+                id: self.task.id.clone(),
+                kind: self.task.kind.clone(),
+                status,
+                result: value,
+                error: error.clone(),
+                attempts: self.attempt,
+                worker: Some(worker.status.id.clone()),
+                started_at: Some(self.started_at),
+                finished_at: Some(self.finished_at),
+            };
+            result_confirm = publish_result(publisher, request, &result).await?;
+        }
+        let duration = (self.finished_at - self.started_at)
+            .num_milliseconds()
+            .max(0) as u64;
+        let finished = event(
+            worker,
+            self.task,
+            status,
+            self.attempt,
+            error,
+            Some(duration),
+        );
+        pending.push((
+            send_event(worker, publisher, &finished).await?,
+            "event".into(),
+        ));
+        for (confirm, target) in pending {
+            check_confirmation(confirm.await?, &target)?;
+        }
+        // Awaited, never dropped (lapin keeps unawaited confirms), but its outcome ignored: a
+        // reply queue that is gone is the submitter's business, not a reason to run again.
+        if let Some(confirm) = result_confirm {
+            let _ = confirm.await;
+        }
+        Ok(())
+    }
+
+    /// The request's properties with this attempt counted and recorded in the history.
+    fn carried_over(
+        &self,
+        worker: &Worker,
+        request: &BasicProperties,
+        error: &str,
+    ) -> BasicProperties {
+        let mut history: Vec<AttemptRecord> = header_str(request, HEADER_HISTORY)
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default();
+        history.push(AttemptRecord {
+            attempt: self.attempt,
+            worker: worker.status.id.clone(),
+            error: error.chars().take(1000).collect(),
+            at: self.finished_at.to_rfc3339(),
+        });
+        let keep = history.len().saturating_sub(MAX_HISTORY);
+        let history = serde_json::to_string(&history[keep..]).expect("history serializes");
+        let properties = with_attempts(request.clone(), self.attempt);
+        with_header(
+            properties,
+            HEADER_HISTORY,
+            AMQPValue::LongString(history.into()),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_follow_attempts_and_error_kinds() {
+        let defaults = TaskDefaults::default();
+        let failed = || Err(HandlerError::failed("boom"));
+        assert_eq!(
+            verdict(Ok(Value::Null), 1, 3, &defaults, 0.5),
+            Verdict::Succeeded(Value::Null)
+        );
+        let Verdict::Retry { delay, .. } = verdict(failed(), 1, 3, &defaults, 1.0) else {
+            panic!("first failure retries");
+        };
+        assert_eq!(delay, Duration::from_millis(1000));
+        assert!(matches!(
+            verdict(failed(), 2, 3, &defaults, 0.0),
+            Verdict::Retry { .. }
+        ));
+        let Verdict::Dead { error, .. } = verdict(failed(), 3, 3, &defaults, 0.0) else {
+            panic!("last failure is dead");
+        };
+        assert_eq!(error, "failed 3 of 3 attempts; last error: boom");
+        assert_eq!(
+            verdict(
+                Err(HandlerError::abort("bad payload")),
+                1,
+                3,
+                &defaults,
+                0.0
+            ),
+            Verdict::Failed {
+                error: "bad payload".into()
+            }
+        );
+    }
+}

@@ -1,0 +1,174 @@
+//! One connection's worth of work: declare the topology, consume the worker queue, run tasks,
+//! publish heartbeats; and the loop that starts a new session after a lost connection, or
+//! drains gracefully on shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use warren_common::reclaim::reclaim;
+use warren_common::{BrokerError, Pool, WorkerState, confirmed_channel};
+
+use crate::{Worker, execute, heartbeat};
+
+/// How a session ended.
+enum Ended {
+    /// Shutdown was asked for and the drain is complete.
+    Drained,
+    /// The connection or a channel failed; start a new session.
+    Lost(BrokerError),
+}
+
+/// Runs sessions until shutdown.
+pub(crate) async fn run_sessions(worker: Arc<Worker>, pool: Pool, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(connection) = pool.get_or_wait(&shutdown).await else {
+            info!("stopped before reaching the broker");
+            return;
+        };
+        match session(&worker, &connection, &shutdown).await {
+            Ok(Ended::Drained) => {
+                let _ = connection.close(200, "worker stopped".into()).await;
+                info!("worker stopped");
+                return;
+            }
+            Ok(Ended::Lost(err)) | Err(err) => {
+                warn!(cause = %err, "broker session lost; reconnecting");
+                // Close rather than return it to the pool: channels that survived could still
+                // hold deliveries.
+                let _ = connection.close(200, "session lost".into()).await;
+                if shutdown.is_cancelled() {
+                    // Nothing is held any more: the broker requeued what this session had.
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(pool.max_backoff());
+            }
+        }
+    }
+}
+
+async fn session(
+    worker: &Arc<Worker>,
+    connection: &lapin::Connection,
+    shutdown: &CancellationToken,
+) -> Result<Ended, BrokerError> {
+    let status = &worker.status;
+    let consume_channel = connection.create_channel().await?;
+    worker.topology.declare(&consume_channel).await?;
+    worker
+        .topology
+        .declare_worker_queue(&consume_channel, &status.id)
+        .await?;
+    let prefetch = u16::try_from(status.concurrency).unwrap_or(u16::MAX);
+    consume_channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let publisher = confirmed_channel(connection).await?;
+    let mut consumer = consume_channel
+        .basic_consume(
+            status.queue.as_str().into(),
+            status.id.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    status.set_state(WorkerState::Online);
+    heartbeat::publish(&publisher, &worker.topology, status, true).await?;
+    info!(worker = %status.id, queue = %status.queue, "consuming");
+
+    // Cancelled when the session ends, to stop the heartbeat loop.
+    let session_over = CancellationToken::new();
+    // Cancelled when running tasks must be handed back (grace expired, or connection lost).
+    let hand_back = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tokio::spawn(heartbeat::run(
+        publisher.clone(),
+        worker.topology.clone(),
+        status.clone(),
+        Duration::from_millis(worker.config.worker.heartbeat_ms),
+        session_over.clone(),
+    ));
+    let _stop_heartbeats = session_over.clone().drop_guard();
+
+    let lost = loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break None,
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    tasks.spawn(execute::execute(
+                        worker.clone(),
+                        publisher.clone(),
+                        delivery,
+                        hand_back.clone(),
+                    ));
+                }
+                Some(Err(err)) => break Some(BrokerError::from(err)),
+                None => break Some(BrokerError::Pool("the worker queue consumer was cancelled".into())),
+            },
+        }
+    };
+    if let Some(err) = lost {
+        hand_back.cancel();
+        tasks.close();
+        tasks.wait().await;
+        return Ok(Ended::Lost(err));
+    }
+
+    // Graceful drain: say we take nothing new, stop the consumer, hand back whatever arrived
+    // after that, let running tasks finish within the grace period.
+    info!(running = tasks.len(), "draining");
+    status.set_state(WorkerState::Draining);
+    heartbeat::publish(&publisher, &worker.topology, status, false).await?;
+    consume_channel
+        .basic_cancel(status.id.as_str().into(), BasicCancelOptions::default())
+        .await?;
+    while let Ok(Some(Ok(delivery))) =
+        tokio::time::timeout(Duration::from_millis(500), consumer.next()).await
+    {
+        let _ = delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await;
+    }
+    tasks.close();
+    let grace = Duration::from_millis(worker.config.worker.grace_ms);
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        warn!(
+            running = tasks.len(),
+            "grace period over; handing running tasks back"
+        );
+        hand_back.cancel();
+        tasks.wait().await;
+    }
+    // Tasks handed back, and any that arrived after the dispatcher last routed here, go back
+    // to their priority queues; the queue itself goes away with the worker. If this fails, no
+    // goodbye is said, and the dispatcher reclaims the queue when the heartbeats stop.
+    let moved = reclaim(
+        connection,
+        &worker.topology,
+        &status.queue,
+        &CancellationToken::new(),
+    )
+    .await?;
+    if moved > 0 {
+        info!(moved, "handed tasks back to the priority queues");
+    }
+    session_over.cancel();
+    status.set_state(WorkerState::Offline);
+    heartbeat::publish(&publisher, &worker.topology, status, false).await?;
+    // Close channels before the connection: lapin closes dropped channels in the background,
+    // which races with the connection close and logs spurious errors.
+    let _ = publisher.close(200, "worker stopped".into()).await;
+    let _ = consume_channel.close(200, "worker stopped".into()).await;
+    Ok(Ended::Drained)
+}
