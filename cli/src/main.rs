@@ -1,0 +1,128 @@
+//! `warren`: the operator's command line — submit a task, see queue depths and live workers,
+//! list, requeue or purge dead and rejected messages.
+
+mod inspect;
+mod queues;
+mod submit;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use warren_common::{Config, Pool, Topology};
+
+/// Operate a warren: submit tasks, inspect queues and workers, handle dead and rejected tasks.
+#[derive(Debug, Parser)]
+#[command(name = "warren", version)]
+struct Cli {
+    /// TOML configuration file (amqp.urls, topology.prefix); WARREN__* variables override it.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Submit one task.
+    Submit {
+        /// Task kind.
+        kind: String,
+        /// Payload, as JSON.
+        #[arg(default_value = "null")]
+        payload: String,
+        /// Priority 0–9.
+        #[arg(long, short)]
+        priority: Option<u8>,
+        /// Wait for the result and print it (exit 1 unless it succeeded).
+        #[arg(long, short)]
+        wait: bool,
+        /// How long to wait for the result, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Depth of every queue, live workers and whether a dispatcher leads.
+    Status,
+    /// Live workers, from their heartbeats.
+    Workers,
+    /// Tasks that exhausted their attempts or missed their deadline.
+    Dead {
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+    /// Messages that were not valid tasks.
+    Rejected {
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueAction {
+    /// List the messages (they stay in the queue).
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Send tasks back for a fresh set of attempts (dead only): the given ids, or all.
+    Requeue {
+        /// Task ids.
+        ids: Vec<String>,
+        /// Every task in the queue.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+    /// Delete every message in the queue.
+    Purge,
+}
+
+/// What every command needs: settings, names and a connection.
+pub(crate) struct Context_ {
+    /// Settings.
+    pub(crate) config: Config,
+    /// Names on the broker.
+    pub(crate) topology: Topology,
+    /// A live connection.
+    pub(crate) connection: warren_common::broker::PooledConnection,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("warren: {err}");
+            std::process::exit(warren_common::config::EXIT_CONFIG);
+        }
+    };
+    let pool = Pool::new(&config.amqp, "warren-cli")?;
+    let connection = pool.get().await.context("connecting to the broker")?;
+    let context = Context_ {
+        topology: config.topology(),
+        config,
+        connection,
+    };
+    let code = match cli.command {
+        Command::Submit {
+            kind,
+            payload,
+            priority,
+            wait,
+            timeout,
+        } => submit::run(&context, &kind, &payload, priority, wait, timeout).await?,
+        Command::Status => inspect::status(&context).await?,
+        Command::Workers => inspect::workers(&context).await?,
+        Command::Dead { action } => {
+            let queue = context.topology.dead_queue();
+            queues::run(&context, &queue, action, true).await?
+        }
+        Command::Rejected { action } => {
+            let queue = context.topology.rejected_queue();
+            queues::run(&context, &queue, action, false).await?
+        }
+    };
+    let _ = context.connection.close(200, "done".into()).await;
+    std::process::exit(code);
+}
