@@ -1,0 +1,101 @@
+//! The `warren` command line against a running system: status and workers tell the truth, and
+//! `dead requeue` brings a dead task back to completion.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use warren_common::Status;
+use warren_tests::{HandlerError, Process, Registry, TaskContext, TestEnv};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_workers_and_dead_requeue() -> anyhow::Result<()> {
+    let env = TestEnv::new("cli").await?;
+    let fixed = Arc::new(AtomicBool::new(false));
+    let mut handlers = Registry::new();
+    {
+        let fixed = fixed.clone();
+        handlers.register("fragile", move |_: TaskContext| {
+            let fixed = fixed.load(Ordering::SeqCst);
+            async move {
+                if fixed {
+                    Ok(json!("works now"))
+                } else {
+                    Err(HandlerError::failed("broken dependency"))
+                }
+            }
+        });
+    }
+    let dispatcher = env.dispatcher();
+    let worker = env.worker("cli-worker", 3, handlers);
+    let mut replies = env.reply_queue().await?;
+    env.submit(json!({"id": "warm", "kind": "echo"}), &replies.name)
+        .await?;
+    replies
+        .collect(&["warm".into()], Duration::from_secs(30))
+        .await?;
+
+    let (code, workers) = Process::output(&env, "warren", &["workers"]).await?;
+    assert_eq!(code, 0);
+    let line = workers
+        .lines()
+        .find(|l| l.starts_with("cli-worker"))
+        .expect(&workers);
+    assert!(
+        line.contains("online") && line.contains("fragile"),
+        "{line}"
+    );
+
+    let (code, status) = Process::output(&env, "warren", &["status"]).await?;
+    assert_eq!(code, 0);
+    assert!(status.contains(&env.topology.dead_queue()), "{status}");
+    assert!(
+        status.contains("workers: 1 live, running 0 of 3 slots"),
+        "{status}"
+    );
+    assert!(status.contains("dispatchers: 1"), "{status}");
+
+    env.submit(
+        json!({"id": "d1", "kind": "fragile", "max_attempts": 1}),
+        &replies.name,
+    )
+    .await?;
+    let dead = replies
+        .collect(&["d1".into()], Duration::from_secs(30))
+        .await?;
+    assert_eq!(dead["d1"][0].status, Status::Dead);
+    let (_, listed) = Process::output(&env, "warren", &["dead", "list"]).await?;
+    let row = listed.lines().find(|l| l.starts_with("d1")).expect(&listed);
+    assert!(row.contains("broken dependency"), "{row}");
+    let (_, status) = Process::output(&env, "warren", &["status"]).await?;
+    let dead_row = status
+        .lines()
+        .find(|l| l.starts_with("dead"))
+        .expect(&status);
+    assert!(
+        dead_row.split_whitespace().nth(2) == Some("1"),
+        "{dead_row}"
+    );
+
+    fixed.store(true, Ordering::SeqCst);
+    let (code, _) = Process::output(&env, "warren", &["dead", "requeue", "d1"]).await?;
+    assert_eq!(code, 0);
+    let again = replies
+        .collect(&["d1".into()], Duration::from_secs(30))
+        .await?;
+    assert_eq!(again["d1"][0].status, Status::Succeeded, "{again:?}");
+    assert_eq!(
+        again["d1"][0].attempts, 1,
+        "a requeued task starts its attempts over"
+    );
+    assert_eq!(env.depth(&env.topology.dead_queue()).await?, 0);
+
+    let (code, out) =
+        Process::output(&env, "warren", &["submit", "echo", "{\"x\":1}", "--wait"]).await?;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\"succeeded\""), "{out}");
+    worker.stop().await?;
+    dispatcher.stop().await?;
+    env.cleanup().await
+}

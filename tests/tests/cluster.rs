@@ -1,0 +1,188 @@
+//! Broker node death: on the local 3-node cluster (scripts/cluster.sh), 10,000 tasks flow while
+//! the node leading the most queues is killed and later restarted. Every task completes, and
+//! nothing the broker confirmed to the client is lost.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::json;
+use warren_common::{Status, TaskResult};
+use warren_tests::{CLUSTER_LOCK, Cluster, Registry, TestEnv, ids, tasks};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_survive_the_death_of_the_busiest_broker_node() -> anyhow::Result<()> {
+    let _one_cluster_at_a_time = CLUSTER_LOCK.lock().await;
+    let cluster = Cluster::up()?;
+    let urls = cluster.urls();
+    // Components start on node 1 (the first URL), which therefore leads the queues they
+    // declare; the client talks to node 2 unless node 2 turns out to be the busiest.
+    let env = TestEnv::on("nodedeath", urls.clone(), &urls[1]).await?;
+    let dispatcher = env.dispatcher();
+    let workers: Vec<_> = (1..=3)
+        .map(|i| env.worker(&format!("w{i}"), 16, Registry::new()))
+        .collect();
+    let mut replies = env.reply_queue().await?;
+    env.submit(json!({"id": "probe", "kind": "noop"}), &replies.name)
+        .await?;
+    replies
+        .collect(&["probe".into()], Duration::from_secs(60))
+        .await?;
+    let victim = cluster.busiest_node(&env.config.topology.prefix)?;
+    anyhow::ensure!(
+        victim != 2,
+        "the client's own node leads most queues; test set-up is off"
+    );
+    let started = std::time::Instant::now();
+    eprintln!("node {victim} leads the most queues; killing it mid-run");
+
+    let batch = tasks(10_000, "noop", "n", |_| json!(null));
+    let ids = ids(&batch);
+    let (first, second) = batch.split_at(5_000);
+    env.submit_many(first, &replies.name).await?;
+    let mut results: HashMap<String, Vec<TaskResult>> = replies
+        .collect_until(Duration::from_secs(120), |r| r.len() >= 2_000)
+        .await?;
+    cluster.run(&["kill", &victim.to_string()])?;
+    eprintln!(
+        "{:.1}s: killed node {victim} at {} results",
+        started.elapsed().as_secs_f64(),
+        results.len()
+    );
+    // Submitting goes on while the node is down: every publish is confirmed by the survivors.
+    env.submit_many(second, &replies.name).await?;
+    let more = replies
+        .collect_until(Duration::from_secs(180), |r| {
+            r.len() + results.len() >= 7_000
+        })
+        .await?;
+    merge(&mut results, more);
+    cluster.run(&["start", &victim.to_string()])?;
+    eprintln!(
+        "{:.1}s: restarted node {victim} at {} results",
+        started.elapsed().as_secs_f64(),
+        results.len()
+    );
+    let seen = results.clone();
+    let rest = replies
+        .collect_until(Duration::from_secs(240), |r| {
+            ids.iter()
+                .all(|id| seen.contains_key(id) || r.contains_key(id))
+        })
+        .await?;
+    merge(&mut results, rest);
+    let duplicates = ids.iter().filter(|id| results[*id].len() > 1).count();
+    for id in &ids {
+        assert!(
+            results[id].iter().all(|r| r.status == Status::Succeeded),
+            "{id}"
+        );
+    }
+    eprintln!(
+        "{:.1}s: 10000 tasks completed; {duplicates} ran more than once (at-least-once)",
+        started.elapsed().as_secs_f64()
+    );
+    for worker in workers {
+        worker.stop().await?;
+    }
+    dispatcher.stop().await?;
+    env.cleanup().await?;
+    drop(cluster);
+    Ok(())
+}
+
+fn merge(into: &mut HashMap<String, Vec<TaskResult>>, from: HashMap<String, Vec<TaskResult>>) {
+    for (id, mut results) in from {
+        into.entry(id).or_default().append(&mut results);
+    }
+}
+
+/// The chaos run: one 20,000-task run on the cluster during which a worker, the leading
+/// dispatcher and the busiest broker node are each killed with SIGKILL (the node restarted
+/// later). Prints `submitted / completed / lost / duplicated`; lost must be 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_kills_a_worker_the_leader_and_a_broker_node_in_one_run() -> anyhow::Result<()> {
+    use warren_tests::Process;
+    let _one_cluster_at_a_time = CLUSTER_LOCK.lock().await;
+    let cluster = Cluster::up()?;
+    let urls = cluster.urls();
+    let env = TestEnv::on("chaos", urls.clone(), &urls[1]).await?;
+    let started = std::time::Instant::now();
+    let mut leader = Process::start(&env, "warren-dispatcher", &[])?;
+    let mut replies = env.reply_queue().await?;
+    let mut workers = Process::workers(&env, 3, 16)?;
+    env.submit(json!({"id": "probe", "kind": "noop"}), &replies.name)
+        .await?;
+    replies
+        .collect(&["probe".into()], Duration::from_secs(60))
+        .await?;
+    let standby = Process::start(&env, "warren-dispatcher", &[])?;
+    let victim = cluster.busiest_node(&env.config.topology.prefix)?;
+    anyhow::ensure!(
+        victim != 2,
+        "the client's own node leads most queues; test set-up is off"
+    );
+
+    let batch = tasks(20_000, "sleep", "c", |i| json!({ "ms": (i % 5) as u64 }));
+    let ids = ids(&batch);
+    let mut results: HashMap<String, Vec<TaskResult>> = HashMap::new();
+    let quarter = batch.len() / 4;
+    for (step, chunk) in batch.chunks(quarter).enumerate() {
+        env.submit_many(chunk, &replies.name).await?;
+        let target = (step + 1) * quarter * 3 / 4;
+        let seen = results.len();
+        let more = replies
+            .collect_until(Duration::from_secs(300), |r| seen + r.len() >= target)
+            .await?;
+        merge(&mut results, more);
+        let at = started.elapsed().as_secs_f64();
+        match step {
+            0 => {
+                workers[0].kill()?;
+                eprintln!("{at:.1}s: killed worker w1 at {} results", results.len());
+            }
+            1 => {
+                leader.kill()?;
+                eprintln!(
+                    "{at:.1}s: killed the leading dispatcher at {} results",
+                    results.len()
+                );
+            }
+            2 => {
+                cluster.run(&["kill", &victim.to_string()])?;
+                eprintln!(
+                    "{at:.1}s: killed broker node {victim} at {} results",
+                    results.len()
+                );
+            }
+            _ => {
+                cluster.run(&["start", &victim.to_string()])?;
+                eprintln!("{at:.1}s: restarted broker node {victim}");
+            }
+        }
+    }
+    let seen = results.clone();
+    let rest = replies
+        .collect_until(Duration::from_secs(600), |r| {
+            ids.iter()
+                .all(|id| seen.contains_key(id) || r.contains_key(id))
+        })
+        .await?;
+    merge(&mut results, rest);
+    let completed = ids.iter().filter(|id| results.contains_key(*id)).count();
+    let duplicated = ids.iter().filter(|id| results[*id].len() > 1).count();
+    let lost = ids.len() - completed;
+    eprintln!(
+        "chaos: submitted {} / completed {completed} / lost {lost} / duplicated {duplicated} in {:.0} s",
+        ids.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(lost, 0);
+    for mut process in workers.into_iter().skip(1).chain([standby]) {
+        process.terminate()?;
+        process.wait(Duration::from_secs(60)).await?;
+    }
+    let _ = leader.wait(Duration::from_secs(5)).await;
+    env.cleanup().await?;
+    drop(cluster);
+    Ok(())
+}

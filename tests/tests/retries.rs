@@ -1,0 +1,169 @@
+//! Retries on the real broker: backoff, attempt counts, the dead queue with its history,
+//! timeouts and panics.
+
+use std::time::Duration;
+
+use lapin::options::{BasicAckOptions, BasicGetOptions};
+use serde_json::{Value, json};
+use warren_common::message::{attempts, header_str};
+use warren_common::retry::AttemptRecord;
+use warren_common::{HEADER_HISTORY, HEADER_REASON, Status};
+use warren_tests::{HandlerError, Registry, TaskContext, TestEnv};
+
+fn flaky_handlers() -> Registry {
+    let mut registry = Registry::new();
+    registry
+        .register("flaky", |task: TaskContext| async move {
+            if task.attempt < 3 {
+                Err(HandlerError::failed(format!(
+                    "attempt {} fails",
+                    task.attempt
+                )))
+            } else {
+                Ok(json!("third time lucky"))
+            }
+        })
+        .register("slow-first", |task: TaskContext| async move {
+            if task.attempt == 1 {
+                // Would take far longer than the timeout; must be cancelled.
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(30)) => {}
+                    () = task.cancelled.cancelled() => {}
+                }
+                Err(HandlerError::failed("cancelled"))
+            } else {
+                Ok(json!("fast now"))
+            }
+        })
+        .register("panicky", |task: TaskContext| async move {
+            if task.attempt == 1 {
+                panic!("handler bug on attempt 1");
+            }
+            Ok::<_, HandlerError>(json!("recovered"))
+        });
+    registry
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_attempts_are_retried_with_backoff_until_success_or_death() -> anyhow::Result<()> {
+    let mut env = TestEnv::new("retries").await?;
+    env.config.tasks.retry_base_ms = 100;
+    env.config.tasks.retry_max_ms = 400;
+    let dispatcher = env.dispatcher();
+    let worker = env.worker("r", 4, flaky_handlers());
+    let mut replies = env.reply_queue().await?;
+    let started = std::time::Instant::now();
+    env.submit(json!({"id": "flaky", "kind": "flaky"}), &replies.name)
+        .await?;
+    env.submit(
+        json!({"id": "doomed", "kind": "fail", "max_attempts": 3, "payload": {"error": "always"}}),
+        &replies.name,
+    )
+    .await?;
+    env.submit(
+        json!({"id": "slow", "kind": "slow-first", "timeout_ms": 300}),
+        &replies.name,
+    )
+    .await?;
+    env.submit(json!({"id": "panic", "kind": "panicky"}), &replies.name)
+        .await?;
+    let ids: Vec<String> = ["flaky", "doomed", "slow", "panic"]
+        .map(String::from)
+        .into();
+    let results = replies.collect(&ids, Duration::from_secs(60)).await?;
+
+    let flaky = &results["flaky"];
+    assert_eq!(flaky.len(), 1, "only the final outcome is reported");
+    assert_eq!(flaky[0].status, Status::Succeeded);
+    assert_eq!(flaky[0].attempts, 3);
+    assert_eq!(flaky[0].result, json!("third time lucky"));
+    // Two backoffs of at least half of 100 and 200 ms.
+    assert!(started.elapsed() >= Duration::from_millis(150));
+
+    let doomed = &results["doomed"][0];
+    assert_eq!(doomed.status, Status::Dead);
+    assert_eq!(doomed.attempts, 3);
+    assert_eq!(
+        doomed.error.as_deref(),
+        Some("failed 3 of 3 attempts; last error: always")
+    );
+
+    let slow = &results["slow"][0];
+    assert_eq!(slow.status, Status::Succeeded, "{slow:?}");
+    assert_eq!(slow.attempts, 2);
+    assert_eq!(slow.result, json!("fast now"));
+
+    let panicked = &results["panic"][0];
+    assert_eq!(panicked.status, Status::Succeeded, "{panicked:?}");
+    assert_eq!(panicked.attempts, 2);
+
+    // The dead task sits in the dead queue with its reason and every attempt's history.
+    let message = env
+        .channel
+        .basic_get(
+            env.topology.dead_queue().as_str().into(),
+            BasicGetOptions::default(),
+        )
+        .await?
+        .expect("the dead task is in the dead queue");
+    let properties = &message.delivery.properties;
+    assert_eq!(
+        header_str(properties, HEADER_REASON).as_deref(),
+        doomed.error.as_deref()
+    );
+    assert_eq!(attempts(properties), 3);
+    let history: Vec<AttemptRecord> =
+        serde_json::from_str(&header_str(properties, HEADER_HISTORY).unwrap())?;
+    assert_eq!(
+        history.iter().map(|h| h.attempt).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert!(
+        history
+            .iter()
+            .all(|h| h.worker == "r" && h.error == "always")
+    );
+    let task: Value = serde_json::from_slice(&message.delivery.data)?;
+    assert_eq!(task["id"], "doomed");
+    message.delivery.ack(BasicAckOptions::default()).await?;
+
+    // The worker that saw a panic still works.
+    env.submit(
+        json!({"id": "after", "kind": "echo", "payload": 1}),
+        &replies.name,
+    )
+    .await?;
+    let after = replies
+        .collect(&["after".into()], Duration::from_secs(30))
+        .await?;
+    assert_eq!(after["after"][0].worker.as_deref(), Some("r"));
+    worker.stop().await?;
+    dispatcher.stop().await?;
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborting_handler_fails_without_retry() -> anyhow::Result<()> {
+    let env = TestEnv::new("abort").await?;
+    let mut handlers = Registry::new();
+    handlers.register("strict", |_: TaskContext| async {
+        Err::<Value, _>(HandlerError::abort("payload can never work"))
+    });
+    let dispatcher = env.dispatcher();
+    let worker = env.worker("a", 2, handlers);
+    let mut replies = env.reply_queue().await?;
+    env.submit(
+        json!({"id": "x", "kind": "strict", "max_attempts": 5}),
+        &replies.name,
+    )
+    .await?;
+    let results = replies
+        .collect(&["x".into()], Duration::from_secs(30))
+        .await?;
+    assert_eq!(results["x"][0].status, Status::Failed);
+    assert_eq!(results["x"][0].attempts, 1);
+    assert_eq!(env.depth(&env.topology.dead_queue()).await?, 0);
+    worker.stop().await?;
+    dispatcher.stop().await?;
+    env.cleanup().await
+}
