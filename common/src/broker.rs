@@ -2,16 +2,18 @@
 //! cluster nodes (lapin itself reconnects to one URI only), and the confirmed-publish helper
 //! every hop of the pipeline uses.
 
+use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use lapin::options::BasicPublishOptions;
+use lapin::tcp::OwnedTLSConfig;
 use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tracing::{info, warn};
 
-use crate::config::AmqpConfig;
+use crate::config::{AmqpConfig, ConfigError};
 
 /// Why talking to the broker failed.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,51 @@ pub enum BrokerError {
     /// The pool could not hand out a connection.
     #[error("connection pool: {0}")]
     Pool(String),
+    /// The `amqp` settings cannot work (say, a TLS file is unreadable).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// The TLS settings of `amqps://` connections, read once from the `amqp.tls_*` files. Its
+/// `Debug` shows what is set, never the key.
+#[derive(Clone, Default)]
+struct Tls(OwnedTLSConfig);
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tls")
+            .field("extra_roots", &self.0.cert_chain.is_some())
+            .field("client_certificate", &self.0.identity.is_some())
+            .finish()
+    }
+}
+
+/// Opens one connection to `uri`, named `name` in the management console; an `amqps://` URI
+/// goes over TLS with `tls`, an `amqp://` one ignores it.
+async fn open(uri: AMQPUri, tls: &Tls, name: &str) -> lapin::Result<Connection> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    let runtime = lapin::runtime::default_runtime()?;
+    Connection::connect_uri_with_config(uri, properties, tls.0.clone(), runtime).await
+}
+
+/// Opens one connection to `url` with the TLS settings of `config`, named `name` in the
+/// management console. For tools and tests that need a plain connection; services use a
+/// [`Pool`], which also fails over and applies `amqp.heartbeat_secs`.
+pub async fn connect(
+    url: &str,
+    config: &AmqpConfig,
+    name: &str,
+) -> Result<Connection, BrokerError> {
+    let uri: AMQPUri = url
+        .parse()
+        .map_err(|err| BrokerError::Pool(format!("{}: {err}", redact(url))))?;
+    let tls = Tls(config.tls()?);
+    open(uri, &tls, name)
+        .await
+        .map_err(|err| BrokerError::Unreachable {
+            urls: redact(url),
+            last: err.to_string(),
+        })
 }
 
 /// Creates connections, trying the configured nodes in turn, starting after the last one that
@@ -45,6 +92,8 @@ pub struct Manager {
     display: String,
     /// Name shown in the management console's connection list.
     connection_name: String,
+    /// CA certificates and client identity for `amqps://` nodes.
+    tls: Tls,
     /// Index of the node to try first next time.
     next: AtomicUsize,
 }
@@ -58,9 +107,8 @@ impl managed::Manager for Manager {
         let mut last = String::from("no URL configured");
         for offset in 0..self.uris.len() {
             let index = (start + offset) % self.uris.len();
-            let properties = ConnectionProperties::default()
-                .with_connection_name(self.connection_name.as_str().into());
-            match Connection::connect_uri(self.uris[index].clone(), properties).await {
+            let uri = self.uris[index].clone();
+            match open(uri, &self.tls, &self.connection_name).await {
                 Ok(connection) => {
                     self.next.store(index, Ordering::Relaxed);
                     info!(node = index, "connected to broker");
@@ -129,6 +177,7 @@ impl Pool {
             uris,
             display,
             connection_name: connection_name.to_owned(),
+            tls: Tls(config.tls()?),
             next: AtomicUsize::new(0),
         };
         let inner = managed::Pool::builder(manager)

@@ -3,8 +3,9 @@
 //! is opened; every error names the key.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{TaskDefaults, is_valid_kind};
@@ -44,6 +45,14 @@ pub struct AmqpConfig {
     pub heartbeat_secs: u16,
     /// Longest wait between two reconnection attempts, in milliseconds.
     pub max_backoff_ms: u64,
+    /// For `amqps://` URLs: a PEM file of CA certificates trusted in addition to the system's
+    /// roots (for a broker whose certificate a private CA signed). Read at startup.
+    pub tls_ca_file: Option<PathBuf>,
+    /// For `amqps://` URLs: the client's certificate (PEM, the chain leaf first), presented to
+    /// a broker that asks for one. Needs `tls_client_key_file`.
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// The private key of `tls_client_cert_file` (PEM: PKCS#8, PKCS#1 or SEC1; not encrypted).
+    pub tls_client_key_file: Option<PathBuf>,
 }
 
 impl Default for AmqpConfig {
@@ -52,8 +61,78 @@ impl Default for AmqpConfig {
             urls: vec!["amqp://guest:guest@127.0.0.1:5672/%2f".into()],
             heartbeat_secs: 2,
             max_backoff_ms: 5_000,
+            tls_ca_file: None,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
         }
     }
+}
+
+impl AmqpConfig {
+    /// The TLS settings of `amqps://` connections, read from the files the `tls_*` keys name:
+    /// extra trusted CAs and the client's identity. With no key set, the system's roots and no
+    /// client certificate. Errors name the key and the file.
+    pub fn tls(&self) -> Result<OwnedTLSConfig, ConfigError> {
+        let cert_chain = match &self.tls_ca_file {
+            Some(path) => Some(read_pem("amqp.tls_ca_file", path, CERTIFICATE)?),
+            None => None,
+        };
+        let identity = match (&self.tls_client_cert_file, &self.tls_client_key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
+                pem: read_pem("amqp.tls_client_cert_file", cert, CERTIFICATE)?.into_bytes(),
+                key: read_pem("amqp.tls_client_key_file", key, PRIVATE_KEY)?.into_bytes(),
+            }),
+            (Some(_), None) => {
+                return Err(invalid(
+                    "amqp.tls_client_key_file",
+                    "must be set along with amqp.tls_client_cert_file",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "amqp.tls_client_cert_file",
+                    "must be set along with amqp.tls_client_key_file",
+                ));
+            }
+        };
+        Ok(OwnedTLSConfig {
+            identity,
+            cert_chain,
+        })
+    }
+}
+
+/// PEM labels of a certificate.
+const CERTIFICATE: &[&str] = &["CERTIFICATE"];
+/// PEM labels of an unencrypted private key: PKCS#8, PKCS#1 (RSA), SEC1 (EC).
+const PRIVATE_KEY: &[&str] = &["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"];
+
+/// Reads the PEM file `path` that config key `key` names, which must hold a block with one of
+/// `labels`.
+fn read_pem(key: &'static str, path: &Path, labels: &[&str]) -> Result<String, ConfigError> {
+    let bytes = std::fs::read(path)
+        .map_err(|err| invalid(key, format!("cannot read {}: {err}", path.display())))?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+        return Err(invalid(
+            key,
+            format!(
+                "{} is encrypted; give an unencrypted key (openssl pkey -in KEY -out KEY.pem)",
+                path.display()
+            ),
+        ));
+    }
+    if !labels
+        .iter()
+        .any(|label| text.contains(&format!("-----BEGIN {label}-----")))
+    {
+        return Err(invalid(
+            key,
+            format!("{} holds no PEM {} block", path.display(), labels[0]),
+        ));
+    }
+    Ok(text)
 }
 
 /// `[topology]`: the names warren uses on the broker.
@@ -130,6 +209,13 @@ pub struct DispatcherConfig {
     pub aging_ms: u64,
     /// How a worker is chosen among those able to take a task.
     pub balancer: BalancerName,
+    /// Address of the `/metrics` and `/healthz` HTTP server (empty: none).
+    pub metrics_listen: String,
+    /// Idempotency window in milliseconds: a task id submitted again this long after the first
+    /// was dispatched does not run again; its submitter gets the first one's result (0: off).
+    pub dedupe_window_ms: u64,
+    /// Task ids the idempotency window holds at most (the oldest go first).
+    pub dedupe_max: usize,
 }
 
 /// `dispatcher.policy`: the order of the tasks the dispatcher holds.
@@ -185,6 +271,9 @@ impl Default for DispatcherConfig {
             weights: vec![6, 3, 1],
             aging_ms: 30_000,
             balancer: BalancerName::RoundRobin,
+            metrics_listen: "127.0.0.1:9464".into(),
+            dedupe_window_ms: 600_000,
+            dedupe_max: 100_000,
         }
     }
 }
@@ -206,6 +295,9 @@ pub struct WorkerConfig {
     /// On SIGTERM, how long running tasks may take to finish before they are handed back,
     /// in milliseconds.
     pub grace_ms: u64,
+    /// Address of the `/metrics` and `/healthz` HTTP server (empty: none). Off by default,
+    /// since several workers often share a host; e.g. `0.0.0.0:9465` in a container.
+    pub metrics_listen: String,
 }
 
 impl Default for WorkerConfig {
@@ -217,6 +309,7 @@ impl Default for WorkerConfig {
             tags: Vec::new(),
             heartbeat_ms: 1_000,
             grace_ms: 30_000,
+            metrics_listen: String::new(),
         }
     }
 }
@@ -321,6 +414,7 @@ impl Config {
                 )
             })?;
         }
+        self.amqp.tls()?;
         self.topology()
             .validate()
             .map_err(|message| invalid("topology", message))?;
@@ -426,6 +520,41 @@ mod tests {
     fn the_example_file_documents_the_defaults() {
         let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../warren.example.toml");
         assert_eq!(Config::load(Some(&file)).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn tls_files_are_read_and_checked_at_load() {
+        let dir = std::env::temp_dir().join(format!("warren-tls-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pem = dir.join("ca.pem");
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let mut config = Config::default();
+        config.amqp.tls_ca_file = Some(pem.clone());
+        let tls = config.amqp.tls().unwrap();
+        assert!(tls.cert_chain.unwrap().contains("BEGIN CERTIFICATE"));
+        assert!(tls.identity.is_none());
+
+        let missing = dir.join("missing.pem");
+        config.amqp.tls_ca_file = Some(missing.clone());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("amqp.tls_ca_file"), "{err}");
+        assert!(err.contains(&missing.display().to_string()), "{err}");
+
+        config.amqp.tls_ca_file = None;
+        config.amqp.tls_client_cert_file = Some(pem.clone());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("amqp.tls_client_key_file"), "{err}");
+        config.amqp.tls_client_key_file = Some(pem);
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("amqp.tls_client_key_file") && err.contains("no PEM"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

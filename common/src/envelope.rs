@@ -269,7 +269,9 @@ fn validate_requires(value: Value, max: usize) -> Result<Vec<String>, Rejection>
         .into_iter()
         .enumerate()
         .map(|(index, item)| match item {
-            Value::String(tag) if !tag.is_empty() && tag.len() <= MAX_NAME_CHARS => Ok(tag),
+            Value::String(tag) if !tag.is_empty() && tag.chars().count() <= MAX_NAME_CHARS => {
+                Ok(tag)
+            }
             Value::String(_) => reject(format!(
                 "field `requires[{index}]`: must be 1–{MAX_NAME_CHARS} characters"
             )),
@@ -287,7 +289,14 @@ fn integer(field: &str, value: &Value, min: u64, max: u64) -> Result<u64, Reject
     } else {
         format!("an integer {min}–{max}")
     };
-    match value.as_u64() {
+    // JSON has one number type: `2.0` is the integer 2 (as JSON Schema's "integer" says).
+    let whole = value.as_u64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
+            .map(|f| f as u64)
+    });
+    match whole {
         Some(n) if (min..=max).contains(&n) => Ok(n),
         Some(n) => reject(format!("field `{field}`: must be {range}, got {n}")),
         None => reject(format!(

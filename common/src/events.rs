@@ -28,6 +28,11 @@ pub enum Status {
 }
 
 impl Status {
+    /// The status as it is spelled on the wire (`succeeded`, ...).
+    pub fn as_str(self) -> &'static str {
+        &self.routing_key()["task.".len()..]
+    }
+
     /// The events routing key, `task.<status>`.
     pub fn routing_key(self) -> &'static str {
         match self {
@@ -94,9 +99,23 @@ pub struct TaskEvent {
     /// How long the attempt ran, for finished attempts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// The AMQP user that submitted the task, when the submission carried the `user_id`
+    /// property (which RabbitMQ checks against the publishing connection's user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitter: Option<String>,
+    /// The handler's result, on `task.succeeded` events when it is small (see
+    /// [`EVENT_RESULT_MAX_BYTES`]): what lets a dispatcher answer a duplicate submission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// Set on a `task.succeeded` event whose result was too large to carry.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub result_omitted: bool,
     /// When it happened.
     pub at: DateTime<Utc>,
 }
+
+/// Results up to this size (as JSON) ride along on `task.succeeded` events.
+pub const EVENT_RESULT_MAX_BYTES: usize = 64 * 1024;
 
 /// A worker's life-cycle state, carried by heartbeats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

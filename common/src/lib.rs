@@ -8,6 +8,7 @@ pub mod envelope;
 pub mod events;
 pub mod logging;
 pub mod message;
+pub mod metrics;
 pub mod reclaim;
 pub mod retry;
 pub mod shutdown;
@@ -26,6 +27,10 @@ pub const HEADER_ATTEMPTS: &str = "x-warren-attempts";
 /// AMQP header recording the `user_id` a submission was published with (RabbitMQ verifies
 /// `user_id` against the publishing connection, so it cannot be forwarded as a property).
 pub const HEADER_SUBMITTER: &str = "x-warren-submitter";
+/// Set by intake on a task that a client submitted through the submit exchange (not a retry or
+/// a requeue), with the time of acceptance in Unix milliseconds; removed when the task is
+/// dispatched. Such a task is checked against the idempotency window.
+pub const HEADER_SUBMITTED: &str = "x-warren-submitted";
 /// AMQP header holding the JSON list of a task's failed attempts (`retry::AttemptRecord`).
 pub const HEADER_HISTORY: &str = "x-warren-history";
 /// AMQP header: do not start this task before this time (milliseconds since the Unix epoch);

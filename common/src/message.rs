@@ -37,6 +37,28 @@ pub fn header_str(properties: &BasicProperties, name: &str) -> Option<String> {
     }
 }
 
+/// `properties` without the header `name`.
+pub fn without_header(properties: BasicProperties, name: &str) -> BasicProperties {
+    let Some(headers) = properties.headers() else {
+        return properties;
+    };
+    if !headers.inner().contains_key(name) {
+        return properties;
+    }
+    let mut kept = FieldTable::default();
+    for (key, value) in headers.inner() {
+        if key.as_str() != name {
+            kept.insert(key.clone(), value.clone());
+        }
+    }
+    properties.with_headers(kept)
+}
+
+/// The submitting AMQP user recorded by the dispatcher (from the submission's `user_id`).
+pub fn submitter(properties: &BasicProperties) -> Option<String> {
+    header_str(properties, crate::HEADER_SUBMITTER)
+}
+
 /// Attempts already made of the task in this message (0 for a fresh one).
 pub fn attempts(properties: &BasicProperties) -> u32 {
     header_u64(properties, HEADER_ATTEMPTS)

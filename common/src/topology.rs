@@ -161,6 +161,28 @@ impl Topology {
             .await
     }
 
+    /// Declares what a worker needs of its own: the events exchange (for heartbeats) and its
+    /// queue. The shared queues are the dispatcher's to declare, so a worker's broker user
+    /// needs no rights over them beyond publishing (see deploy/rabbitmq/definitions.json).
+    pub async fn declare_for_worker(
+        &self,
+        channel: &Channel,
+        worker_id: &str,
+    ) -> lapin::Result<()> {
+        channel
+            .exchange_declare(
+                self.events_exchange().as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        self.declare_worker_queue(channel, worker_id).await
+    }
+
     /// Declares one worker's queue.
     pub async fn declare_worker_queue(
         &self,
