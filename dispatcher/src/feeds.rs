@@ -33,6 +33,15 @@ pub(crate) enum Input {
         ran: Option<(String, u64)>,
         /// Whether the task reached a final state (not a retry).
         finished: bool,
+        /// How it ended, for final states: answers duplicate submissions.
+        outcome: Option<Box<crate::dedupe::Outcome>>,
+    },
+    /// A dispatch the broker refused: the worker does not hold the task after all.
+    Unsent {
+        /// Worker id.
+        worker: String,
+        /// Task id.
+        task: String,
     },
     /// This dispatcher received the leader baton: it may route.
     Leader,
@@ -128,16 +137,36 @@ pub(crate) async fn events(
                 .map(Input::Heartbeat)
         } else {
             let event: TaskEvent = serde_json::from_slice(&delivery.data).ok()?;
-            let worker = event.worker.filter(|_| event.status.releases_worker())?;
+            let worker = event
+                .worker
+                .clone()
+                .filter(|_| event.status.releases_worker())?;
             let finished = matches!(
                 event.status,
                 Status::Succeeded | Status::Failed | Status::Dead
             );
+            let outcome = finished.then(|| {
+                let started_at = event
+                    .duration_ms
+                    .and_then(|ms| i64::try_from(ms).ok())
+                    .map(|ms| event.at - chrono::Duration::milliseconds(ms));
+                Box::new(crate::dedupe::Outcome {
+                    status: event.status,
+                    result: event.result,
+                    result_omitted: event.result_omitted,
+                    error: event.error,
+                    attempts: event.attempt,
+                    worker: Some(worker.clone()),
+                    started_at,
+                    finished_at: Some(event.at),
+                })
+            });
             Some(Input::Released {
                 worker,
                 task: event.id,
                 ran: event.duration_ms.map(|ms| (event.kind, ms)),
                 finished,
+                outcome,
             })
         }
     });

@@ -105,6 +105,13 @@ async fn admit(
                 .with_content_type("application/json".into())
                 .with_delivery_mode(2)
                 .with_message_id(task.id.as_str().into());
+            if delivery.exchange.as_str() == topology.submit_exchange() {
+                forwarded = warren_common::message::with_header(
+                    forwarded,
+                    warren_common::HEADER_SUBMITTED,
+                    AMQPValue::LongLongInt(chrono::Utc::now().timestamp_millis()),
+                );
+            }
             if delivery.redelivered {
                 forwarded = warren_common::message::with_header(
                     forwarded,
@@ -113,7 +120,9 @@ async fn admit(
                 );
             }
             let confirm = publish_to_queue(publisher, &queue, &task.to_json(), forwarded).await?;
-            notifier.task(&task.id, &task.kind, Status::Accepted, 0, None);
+            let submitter = properties.user_id().as_ref().map(|u| u.to_string());
+            notifier.task(&task.id, &task.kind, Status::Accepted, 0, None, submitter);
+            dispatcher.metrics.task(Status::Accepted, &task.kind);
             Ok(Filed {
                 confirm,
                 queue,
@@ -139,7 +148,15 @@ async fn admit(
                 finished_at: None,
             };
             let reply = publish_result(publisher, properties, &result).await?;
-            notifier.task(&id, &kind, Status::Rejected, 0, Some(reason));
+            // Only a valid kind becomes a label: anything else could flood the label set.
+            let label = if warren_common::envelope::is_valid_kind(&kind) {
+                kind.as_str()
+            } else {
+                ""
+            };
+            dispatcher.metrics.task(Status::Rejected, label);
+            let submitter = properties.user_id().as_ref().map(|u| u.to_string());
+            notifier.task(&id, &kind, Status::Rejected, 0, Some(reason), submitter);
             Ok(Filed {
                 confirm,
                 queue,

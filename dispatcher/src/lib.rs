@@ -5,10 +5,12 @@
 #![warn(missing_docs)]
 
 pub mod balancer;
+pub mod dedupe;
 mod feeds;
 mod intake;
 mod leadership;
 pub mod levels;
+mod metrics;
 mod notify;
 pub mod policy;
 pub mod registry;
@@ -45,6 +47,10 @@ pub(crate) struct Dispatcher {
     pub(crate) topology: Topology,
     /// This process's id, naming its private events queue.
     pub(crate) instance: String,
+    /// What `/metrics` exports.
+    pub(crate) metrics: Arc<metrics::Metrics>,
+    /// What `/healthz` reports.
+    pub(crate) health: Arc<warren_common::metrics::Health>,
 }
 
 /// Runs a dispatcher until `shutdown` fires. Reconnects (to the next node of `amqp.urls`)
@@ -54,16 +60,52 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Disp
     let instance = uuid_short();
     let pool = Pool::new(&config.amqp, &format!("warren-dispatcher {instance}"))?;
     let timeout = Duration::from_millis(config.dispatcher.heartbeat_timeout_ms);
+    let (metrics, registry) = metrics::Metrics::new();
+    let health = Arc::new(warren_common::metrics::Health::default());
+    let leader = metrics.clone();
+    warren_common::metrics::start(
+        &config.dispatcher.metrics_listen,
+        registry,
+        health.clone(),
+        move || {
+            if leader.leader.get() == 1 {
+                "leader"
+            } else {
+                "standby"
+            }
+        },
+        shutdown.clone(),
+    )
+    .await;
     let dispatcher = Arc::new(Dispatcher {
         topology: config.topology(),
         config,
         instance,
+        metrics,
+        health,
     });
     let mut registry = Registry::new(timeout);
+    let config = &dispatcher.config.dispatcher;
+    let mut dedupe = dedupe::Dedupe::new(
+        Duration::from_millis(config.dedupe_window_ms),
+        config.dedupe_max,
+    );
     let mut backoff = Duration::from_millis(100);
     info!(instance = %dispatcher.instance, prefix = %dispatcher.topology.prefix, "dispatcher starting");
     while let Some(connection) = pool.get_or_wait(&shutdown).await {
-        match session(&dispatcher, &connection, &pool, &mut registry, &shutdown).await {
+        dispatcher.health.set_connected(true);
+        let ended = session(
+            &dispatcher,
+            &connection,
+            &pool,
+            &mut registry,
+            &mut dedupe,
+            &shutdown,
+        )
+        .await;
+        dispatcher.health.set_connected(false);
+        dispatcher.metrics.leader.set(0);
+        match ended {
             Ok(()) => {
                 let _ = connection.close(200, "dispatcher stopped".into()).await;
                 info!("dispatcher stopped");
@@ -91,12 +133,21 @@ async fn session(
     connection: &lapin::Connection,
     pool: &Pool,
     registry: &mut Registry,
+    dedupe: &mut dedupe::Dedupe,
     shutdown: &CancellationToken,
 ) -> Result<(), BrokerError> {
     let topology = &dispatcher.topology;
     let setup = connection.create_channel().await?;
     topology.declare(&setup).await?;
     let _ = setup.close(200, "declared".into()).await;
+    // Stops intake, routing and the queue-depth poller: on shutdown, or when a part fails.
+    let stop = shutdown.child_token();
+    let poller = metrics::poll_depths(
+        dispatcher.metrics.clone(),
+        connection.create_channel().await?,
+        topology,
+        stop.clone(),
+    );
 
     let events_channel = connection.create_channel().await?;
     let notifier = notify::Notifier::start(events_channel.clone(), topology.events_exchange());
@@ -109,8 +160,6 @@ async fn session(
 
     // Intake gets its own connection, so validation and routing do not share one I/O loop.
     let intake_connection = Arc::new(pool.get().await?);
-    // Stops intake and routing: on shutdown, or when either of them fails.
-    let stop = shutdown.child_token();
     let intake = {
         let (dispatcher, notifier, stop) = (dispatcher.clone(), notifier.clone(), stop.clone());
         let inputs = inputs.clone();
@@ -127,6 +176,7 @@ async fn session(
     let mut router = router::Router {
         dispatcher: dispatcher.clone(),
         registry,
+        dedupe,
         scheduler: Scheduler::new(
             topology.levels.len(),
             &dispatcher.config.dispatcher,
@@ -146,6 +196,7 @@ async fn session(
     info!("validating submissions; waiting for the leader baton to route");
     let routed = router.run(receiver, &stop).await;
     stop.cancel();
+    let _ = poller.await;
     router.settling.close();
     router.settling.wait().await;
     let _ = intake.await;

@@ -53,6 +53,7 @@ impl Notifier {
         status: Status,
         attempt: u32,
         error: Option<String>,
+        submitter: Option<String>,
     ) {
         self.send(TaskEvent {
             id: id.to_owned(),
@@ -62,6 +63,9 @@ impl Notifier {
             worker: None,
             error,
             duration_ms: None,
+            submitter,
+            result: None,
+            result_omitted: false,
             at: Utc::now(),
         });
     }

@@ -14,11 +14,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use warren_common::broker::{check_confirmation, publish_result, settle};
-use warren_common::message::{header_u64, with_reason};
+use warren_common::message::{header_u64, with_reason, without_header};
 use warren_common::reclaim::reclaim;
-use warren_common::{BrokerError, HEADER_NOT_BEFORE, Pool, Status, Task, publish_confirmed};
+use warren_common::{
+    BrokerError, HEADER_NOT_BEFORE, HEADER_SUBMITTED, Pool, Status, Task, publish_confirmed,
+};
 
 use crate::Dispatcher;
+use crate::dedupe::{Dedupe, Outcome, Verdict, Waiter};
 use crate::feeds::{self, Input};
 use crate::notify::Notifier;
 use crate::registry::{Change, Registry};
@@ -37,6 +40,8 @@ pub(crate) struct Router<'a> {
     pub(crate) dispatcher: Arc<Dispatcher>,
     /// Workers and their credit; outlives sessions, because workers do.
     pub(crate) registry: &'a mut Registry,
+    /// Ids dispatched lately, for idempotency; outlives sessions, like the registry.
+    pub(crate) dedupe: &'a mut Dedupe,
     /// The held tasks of this session (the broker requeues them if the session dies).
     pub(crate) scheduler: Scheduler<Delivery>,
     /// Confirm-mode channel for publishing to worker queues.
@@ -79,6 +84,7 @@ impl Router<'_> {
                 _ = liveness.tick() => {
                     self.expire(stop);
                     self.start_routing().await?;
+                    self.export_state();
                 }
             }
             self.dispatch().await?;
@@ -104,6 +110,7 @@ impl Router<'_> {
                 task,
                 ran,
                 finished,
+                outcome,
             } => {
                 self.registry.released(&worker, &task);
                 if finished {
@@ -112,6 +119,13 @@ impl Router<'_> {
                 if let Some((kind, duration_ms)) = ran {
                     self.scheduler.observe(&kind, duration_ms as f64);
                 }
+                if let Some(outcome) = outcome {
+                    self.answer_waiters(&task, *outcome);
+                }
+            }
+            Input::Unsent { worker, task } => {
+                self.registry.released(&worker, &task);
+                self.dedupe.undispatched(&task);
             }
             Input::Leader => self.leading_since = Some(Instant::now()),
             Input::Failed(err) => return Err(err),
@@ -129,6 +143,13 @@ impl Router<'_> {
                     .spawn(async move { settle(&delivery, true).await });
             }
             Ok(task) => {
+                if is_fresh(&delivery) {
+                    let waiter = waiter(&delivery.properties);
+                    let verdict = self.dedupe.check(&task.id, waiter, Instant::now());
+                    if verdict != Verdict::New {
+                        return self.duplicate(delivery, &task.id, &task.kind, verdict);
+                    }
+                }
                 let (now, wall) = (Instant::now(), chrono::Utc::now());
                 let to_instant = |at: chrono::DateTime<chrono::Utc>| match (at - wall).to_std() {
                     Ok(ahead) => now + ahead,
@@ -172,8 +193,10 @@ impl Router<'_> {
         let publisher = self.publisher.clone();
         let dead = self.dispatcher.topology.dead_queue();
         if let Some(task) = &task {
+            self.dispatcher.metrics.task(Status::Dead, &task.kind);
             self.notifier.send(warren_common::TaskEvent {
                 error: Some(reason.clone()),
+                submitter: warren_common::message::submitter(&delivery.properties),
                 ..event(task, Status::Dead)
             });
         }
@@ -203,6 +226,68 @@ impl Router<'_> {
         });
     }
 
+    /// Answers a submission of a task id dispatched lately without running it: with the
+    /// result if the task has finished (a pending one's submitter was recorded to be answered
+    /// when it does), then acks it.
+    fn duplicate(&self, delivery: Delivery, id: &str, kind: &str, verdict: Verdict) {
+        self.dispatcher.metrics.duplicates.inc();
+        info!(task = %id, "a duplicate submission: answering it without running the task again");
+        let answer = match verdict {
+            Verdict::Done(outcome) => Some(result_of(id, kind, outcome)),
+            Verdict::Pending | Verdict::New => None,
+        };
+        let publisher = self.publisher.clone();
+        self.settling.spawn(async move {
+            if let Some(result) = answer
+                && let Ok(Some(confirm)) =
+                    publish_result(&publisher, &delivery.properties, &result).await
+            {
+                let _ = confirm.await;
+            }
+            settle(&delivery, true).await;
+        });
+    }
+
+    /// Records how a task ended and sends its result to the duplicates waiting for it.
+    fn answer_waiters(&mut self, id: &str, outcome: Outcome) {
+        let Some((kind, waiters)) = self.dedupe.finished(id, outcome.clone()) else {
+            return;
+        };
+        if waiters.is_empty() {
+            return;
+        }
+        let result = result_of(id, &kind, outcome);
+        let publisher = self.publisher.clone();
+        self.settling.spawn(async move {
+            for waiter in waiters {
+                let request = lapin::BasicProperties::default()
+                    .with_reply_to(waiter.reply_to.as_str().into())
+                    .with_correlation_id(
+                        waiter
+                            .correlation_id
+                            .as_deref()
+                            .unwrap_or(&result.id)
+                            .into(),
+                    );
+                if let Ok(Some(confirm)) = publish_result(&publisher, &request, &result).await {
+                    let _ = confirm.await;
+                }
+            }
+        });
+    }
+
+    /// Updates the gauges of `/metrics`.
+    fn export_state(&self) {
+        let metrics = &self.dispatcher.metrics;
+        let workers = self.registry.workers().count();
+        metrics
+            .workers
+            .set(i64::try_from(workers).unwrap_or(i64::MAX));
+        metrics.leader.set(i64::from(self.levels_channel.is_some()));
+        let held: usize = self.scheduler.held().iter().sum();
+        metrics.held.set(i64::try_from(held).unwrap_or(i64::MAX));
+    }
+
     /// Buries the held tasks whose deadline passed before they could start.
     fn expire_deadlines(&mut self) {
         for expired in self.scheduler.take_expired(Instant::now()) {
@@ -218,6 +303,15 @@ impl Router<'_> {
         while let Some(assignment) = self.scheduler.next(self.registry, now) {
             let task = assignment.held.task;
             let delivery = assignment.held.handle;
+            if is_fresh(&delivery) {
+                // A twin of a task dispatched since this one was held.
+                let waiter = waiter(&delivery.properties);
+                let verdict = self.dedupe.check(&task.id, waiter, now);
+                if verdict != Verdict::New {
+                    self.duplicate(delivery, &task.id, &task.kind, verdict);
+                    continue;
+                }
+            }
             self.registry
                 .dispatched(&assignment.worker, &task.id, task.cost, now);
             let sent = self
@@ -230,7 +324,7 @@ impl Router<'_> {
                         ..BasicPublishOptions::default()
                     },
                     &delivery.data,
-                    delivery.properties.clone(),
+                    without_header(delivery.properties.clone(), HEADER_SUBMITTED),
                 )
                 .await;
             let confirm = match sent {
@@ -242,8 +336,15 @@ impl Router<'_> {
             };
             self.notifier.send(warren_common::TaskEvent {
                 worker: Some(assignment.worker.clone()),
+                submitter: warren_common::message::submitter(&delivery.properties),
                 ..event(&task, Status::Dispatched)
             });
+            self.dedupe.dispatched(&task.id, &task.kind, now);
+            let metrics = &self.dispatcher.metrics;
+            metrics.task(Status::Dispatched, &task.kind);
+            metrics
+                .dispatch_latency
+                .observe(now.saturating_duration_since(task.arrived).as_secs_f64());
             let inputs = self.inputs.clone();
             self.settling.spawn(confirm_dispatch(
                 confirm,
@@ -321,6 +422,45 @@ impl Router<'_> {
     }
 }
 
+/// Whether a delivery is a client's submission on its first way through (not a retry, a
+/// requeue, a reclaimed task or a redelivery): one that the idempotency window applies to.
+fn is_fresh(delivery: &Delivery) -> bool {
+    !maybe_duplicate(delivery)
+        && delivery
+            .properties
+            .headers()
+            .as_ref()
+            .is_some_and(|h| h.inner().contains_key(HEADER_SUBMITTED))
+}
+
+/// Where a duplicate submission wants its answer, if anywhere.
+fn waiter(properties: &lapin::BasicProperties) -> Option<Waiter> {
+    Some(Waiter {
+        reply_to: properties.reply_to().as_ref()?.to_string(),
+        correlation_id: properties.correlation_id().as_ref().map(|c| c.to_string()),
+    })
+}
+
+/// The result a duplicate's submitter gets.
+fn result_of(id: &str, kind: &str, outcome: Outcome) -> warren_common::TaskResult {
+    let omitted = outcome.result_omitted;
+    warren_common::TaskResult {
+        id: id.to_owned(),
+        kind: kind.to_owned(),
+        status: outcome.status,
+        result: outcome.result.unwrap_or_default(),
+        error: outcome.error.or_else(|| {
+            omitted.then(|| {
+                "succeeded; its result was too large to keep for duplicate submissions".to_owned()
+            })
+        }),
+        attempts: outcome.attempts,
+        worker: outcome.worker,
+        started_at: outcome.started_at,
+        finished_at: outcome.finished_at,
+    }
+}
+
 /// Whether a delivery may be a copy of a task that a dispatcher which died had already passed
 /// on: redelivered from its priority queue, or filed from a redelivered submission.
 fn maybe_duplicate(delivery: &Delivery) -> bool {
@@ -348,14 +488,7 @@ async fn confirm_dispatch(
     };
     if let Err(err) = &confirmed {
         warn!(%task, %worker, cause = %err, "dispatch not confirmed; the task goes back to its level");
-        let _ = inputs
-            .send(Input::Released {
-                worker,
-                task,
-                ran: None,
-                finished: false,
-            })
-            .await;
+        let _ = inputs.send(Input::Unsent { worker, task }).await;
     }
     settle(&delivery, confirmed.is_ok()).await;
 }
@@ -369,6 +502,9 @@ fn event(task: &TaskInfo, status: Status) -> warren_common::TaskEvent {
         worker: None,
         error: None,
         duration_ms: None,
+        submitter: None,
+        result: None,
+        result_omitted: false,
         at: chrono::Utc::now(),
     }
 }
