@@ -15,9 +15,9 @@ use warren_common::broker::settle;
 use warren_common::message::{attempts, json_properties};
 use warren_common::{BrokerError, Status, Task, TaskEvent};
 
-use crate::Worker;
 use crate::handler::{HandlerError, TaskContext};
 use crate::report::{self, Report};
+use crate::{Worker, metrics};
 
 /// How an attempt ended.
 enum Outcome {
@@ -59,8 +59,14 @@ pub(crate) async fn execute(
     };
     let attempt = attempts(&delivery.properties) + 1;
     worker.status.started(&task.id);
+    worker.metrics.task(Status::Started, &task.kind);
+    worker.metrics.in_flight.inc();
     let started_at = Utc::now();
-    let started = event(&worker, &task, Status::Started, attempt, None, None);
+    let submitter = warren_common::message::submitter(&delivery.properties);
+    let started = TaskEvent {
+        submitter: submitter.clone(),
+        ..event(&worker, &task, Status::Started, attempt, None, None)
+    };
     // Its confirm is awaited after the attempt (lapin keeps every unawaited confirm).
     let started_confirm = send_event(&worker, &publisher, &started).await.ok();
     let outcome = run_handler(&worker, &task, attempt, &hand_back).await;
@@ -78,6 +84,7 @@ pub(crate) async fn execute(
                 })
                 .await;
             worker.status.finished(&task.id);
+            worker.metrics.in_flight.dec();
             return;
         }
         Outcome::Finished(result) => result,
@@ -105,6 +112,18 @@ pub(crate) async fn execute(
     }
     settle(&delivery, delivered.is_ok()).await;
     worker.status.finished(&task.id);
+    let metrics = &worker.metrics;
+    metrics.in_flight.dec();
+    if delivered.is_ok() {
+        metrics.task(report.status(), &task.kind);
+        let ran = (finished_at - started_at).to_std().unwrap_or_default();
+        metrics
+            .duration
+            .get_or_create(&metrics::KindLabels {
+                kind: task.kind.clone(),
+            })
+            .observe(ran.as_secs_f64());
+    }
 }
 
 /// Runs the handler in its own tokio task (so a panic fails only this attempt), bounded by the
@@ -176,6 +195,9 @@ pub(crate) fn event(
         worker: Some(worker.status.id.clone()),
         error,
         duration_ms,
+        submitter: None,
+        result: None,
+        result_omitted: false,
         at: Utc::now(),
     }
 }

@@ -22,6 +22,7 @@ pub mod exec;
 mod execute;
 pub mod handler;
 mod heartbeat;
+mod metrics;
 mod report;
 mod session;
 mod status;
@@ -68,6 +69,10 @@ pub(crate) struct Worker {
     pub(crate) handlers: Registry,
     /// Identity and live state, published in heartbeats.
     pub(crate) status: Arc<WorkerStatus>,
+    /// What `/metrics` exports.
+    pub(crate) metrics: Arc<metrics::Metrics>,
+    /// What `/healthz` reports.
+    pub(crate) health: Arc<warren_common::metrics::Health>,
 }
 
 /// Runs a worker until `shutdown` fires, then drains: stops taking tasks, lets running ones
@@ -89,11 +94,23 @@ pub async fn run(
         config.worker.capacity.unwrap_or(config.worker.concurrency),
     );
     let pool = Pool::new(&config.amqp, &format!("warren-worker {id}"))?;
+    let (metrics, registry) = metrics::Metrics::new(config.worker.concurrency);
+    let health = Arc::new(warren_common::metrics::Health::default());
+    warren_common::metrics::start(
+        &config.worker.metrics_listen,
+        registry,
+        health.clone(),
+        || "worker",
+        shutdown.clone(),
+    )
+    .await;
     let worker = Arc::new(Worker {
         config,
         topology,
         handlers,
         status: Arc::new(status),
+        metrics,
+        health,
     });
     tracing::info!(worker = %id, kinds = ?worker.status.kinds, "worker starting");
     session::run_sessions(worker, pool, shutdown).await;

@@ -10,8 +10,10 @@ use lapin::message::Delivery;
 use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel, PublisherConfirm};
 use serde_json::Value;
+use warren_common::TaskEvent;
 use warren_common::broker::{check_confirmation, publish_result, publish_to_queue};
 use warren_common::envelope::TaskDefaults;
+use warren_common::events::EVENT_RESULT_MAX_BYTES;
 use warren_common::message::{header_str, with_attempts, with_header, with_reason};
 use warren_common::retry::{AttemptRecord, MAX_HISTORY, backoff};
 use warren_common::{BrokerError, HEADER_HISTORY, HEADER_NOT_BEFORE, Status, Task, TaskResult};
@@ -89,6 +91,16 @@ pub(crate) struct Report<'a> {
 }
 
 impl Report<'_> {
+    /// The status the verdict leads to.
+    pub(crate) fn status(&self) -> Status {
+        match self.verdict {
+            Verdict::Succeeded(_) => Status::Succeeded,
+            Verdict::Failed { .. } => Status::Failed,
+            Verdict::Retry { .. } => Status::Retrying,
+            Verdict::Dead { .. } => Status::Dead,
+        }
+    }
+
     /// Publishes what the verdict calls for — the retry or the dead letter (confirmed), the
     /// result (if the submitter asked for one), the event — and waits for the broker to have
     /// them all.
@@ -147,14 +159,27 @@ impl Report<'_> {
         let duration = (self.finished_at - self.started_at)
             .num_milliseconds()
             .max(0) as u64;
-        let finished = event(
-            worker,
-            self.task,
-            status,
-            self.attempt,
-            error,
-            Some(duration),
-        );
+        let (carried, omitted) = match &self.verdict {
+            Verdict::Succeeded(value) => {
+                let small =
+                    serde_json::to_vec(value).map_or(0, |b| b.len()) <= EVENT_RESULT_MAX_BYTES;
+                (Some(value).filter(|_| small), !small)
+            }
+            _ => (None, false),
+        };
+        let finished = TaskEvent {
+            submitter: warren_common::message::submitter(request),
+            result: carried.cloned(),
+            result_omitted: omitted,
+            ..event(
+                worker,
+                self.task,
+                status,
+                self.attempt,
+                error,
+                Some(duration),
+            )
+        };
         pending.push((
             send_event(worker, publisher, &finished).await?,
             "event".into(),

@@ -32,7 +32,10 @@ pub(crate) async fn run_sessions(worker: Arc<Worker>, pool: Pool, shutdown: Canc
             info!("stopped before reaching the broker");
             return;
         };
-        match session(&worker, &connection, &shutdown).await {
+        worker.health.set_connected(true);
+        let ended = session(&worker, &connection, &shutdown).await;
+        worker.health.set_connected(false);
+        match ended {
             Ok(Ended::Drained) => {
                 let _ = connection.close(200, "worker stopped".into()).await;
                 info!("worker stopped");
@@ -61,10 +64,9 @@ async fn session(
 ) -> Result<Ended, BrokerError> {
     let status = &worker.status;
     let consume_channel = connection.create_channel().await?;
-    worker.topology.declare(&consume_channel).await?;
     worker
         .topology
-        .declare_worker_queue(&consume_channel, &status.id)
+        .declare_for_worker(&consume_channel, &status.id)
         .await?;
     let prefetch = u16::try_from(status.concurrency).unwrap_or(u16::MAX);
     consume_channel
