@@ -43,7 +43,8 @@ pub(crate) async fn status(context: &Context_) -> Result<i32> {
         .await
         .map(|q| q.consumer_count())
         .unwrap_or(0);
-    let workers = heartbeats(context).await?;
+    let heard = listen(context).await?;
+    let workers = &heard.workers;
     let running: usize = workers.values().map(|w| w.running.len()).sum();
     let capacity: u32 = workers.values().map(|w| w.concurrency).sum();
     println!();
@@ -52,25 +53,33 @@ pub(crate) async fn status(context: &Context_) -> Result<i32> {
         "workers: {} live, running {running} of {capacity} slots",
         workers.len()
     );
+    let seconds = heard.window.as_secs_f64();
+    println!(
+        "throughput: {:.1} tasks/s finished ({} in the last {seconds:.1} s)",
+        heard.finished as f64 / seconds,
+        heard.finished
+    );
     Ok(0)
 }
 
 /// Prints the live workers.
 pub(crate) async fn workers(context: &Context_) -> Result<i32> {
-    let workers = heartbeats(context).await?;
+    let workers = listen(context).await?.workers;
     println!(
-        "{:<32} {:<9} {:>7} {:>8} {:>9}  {:<24} tags",
-        "worker", "state", "running", "slots", "last seen", "kinds"
+        "{:<32} {:<9} {:>7} {:>6} {:>5} {:>9}  {:<24} tags",
+        "worker", "state", "running", "slots", "load", "last seen", "kinds"
     );
     let now = chrono::Utc::now();
     for beat in workers.values() {
         let age = (now - beat.at).num_milliseconds().max(0);
+        let load = 100 * beat.running.len() / beat.concurrency.max(1) as usize;
         println!(
-            "{:<32} {:<9} {:>7} {:>8} {:>7}ms  {:<24} {}",
+            "{:<32} {:<9} {:>7} {:>6} {:>4}% {:>7}ms  {:<24} {}",
             beat.worker,
             format!("{:?}", beat.state).to_lowercase(),
             beat.running.len(),
             beat.concurrency,
+            load,
             age,
             beat.kinds.join(","),
             beat.tags.join(",")
@@ -82,16 +91,35 @@ pub(crate) async fn workers(context: &Context_) -> Result<i32> {
     Ok(0)
 }
 
-/// The latest heartbeat of every worker heard within one heartbeat period (plus a margin).
-async fn heartbeats(context: &Context_) -> Result<BTreeMap<String, Heartbeat>> {
+/// What the events exchange said while `warren` listened.
+struct Heard {
+    /// The latest heartbeat of every live worker.
+    workers: BTreeMap<String, Heartbeat>,
+    /// Tasks that reached a final state (succeeded, failed, dead).
+    finished: usize,
+    /// How long it listened.
+    window: Duration,
+}
+
+/// Listens to the events exchange for one heartbeat period (plus a margin).
+async fn listen(context: &Context_) -> Result<Heard> {
     let channel = context.connection.create_channel().await?;
     let events = context.topology.events_exchange();
-    let (_, mut consumer) = private_consumer(&channel, &[(events.as_str(), "worker.#")]).await?;
-    let listen = Duration::from_millis(context.config.worker.heartbeat_ms) + MARGIN;
-    let deadline = tokio::time::Instant::now() + listen;
+    let bindings = [
+        (events.as_str(), "worker.#"),
+        (events.as_str(), "task.succeeded"),
+        (events.as_str(), "task.failed"),
+        (events.as_str(), "task.dead"),
+    ];
+    let (_, mut consumer) = private_consumer(&channel, &bindings).await?;
+    let window = Duration::from_millis(context.config.worker.heartbeat_ms) + MARGIN;
+    let deadline = tokio::time::Instant::now() + window;
     let mut workers = BTreeMap::new();
+    let mut finished = 0;
     while let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, consumer.next()).await {
-        if let Ok(beat) = serde_json::from_slice::<Heartbeat>(&delivery.data) {
+        if delivery.routing_key.as_str().starts_with("task.") {
+            finished += 1;
+        } else if let Ok(beat) = serde_json::from_slice::<Heartbeat>(&delivery.data) {
             if beat.state == WorkerState::Offline {
                 workers.remove(&beat.worker);
             } else {
@@ -100,5 +128,9 @@ async fn heartbeats(context: &Context_) -> Result<BTreeMap<String, Heartbeat>> {
         }
     }
     let _ = channel.close(200, "listened".into()).await;
-    Ok(workers)
+    Ok(Heard {
+        workers,
+        finished,
+        window,
+    })
 }

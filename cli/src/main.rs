@@ -1,6 +1,7 @@
 //! `warren`: the operator's command line — submit a task, see queue depths and live workers,
 //! list, requeue or purge dead and rejected messages.
 
+mod batch;
 mod inspect;
 mod queues;
 mod submit;
@@ -24,20 +25,25 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Submit one task.
+    /// Submit one task, or with --file many.
     Submit {
         /// Task kind.
-        kind: String,
+        #[arg(required_unless_present = "file")]
+        kind: Option<String>,
         /// Payload, as JSON.
         #[arg(default_value = "null")]
         payload: String,
+        /// Submit every task of FILE instead: one JSON object per line (`-` reads standard
+        /// input), each with at least `kind`; shows a progress bar.
+        #[arg(long, short, conflicts_with_all = ["kind", "priority"])]
+        file: Option<PathBuf>,
         /// Priority 0–9.
         #[arg(long, short)]
         priority: Option<u8>,
         /// Wait for the result and print it (exit 1 unless it succeeded).
         #[arg(long, short)]
         wait: bool,
-        /// How long to wait for the result, in seconds.
+        /// How long to wait for the result(s), in seconds.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
@@ -106,12 +112,22 @@ async fn main() -> Result<()> {
     };
     let code = match cli.command {
         Command::Submit {
+            file: Some(file),
+            wait,
+            timeout,
+            ..
+        } => batch::run(&context, &file, wait, timeout).await?,
+        Command::Submit {
             kind,
             payload,
             priority,
             wait,
             timeout,
-        } => submit::run(&context, &kind, &payload, priority, wait, timeout).await?,
+            ..
+        } => {
+            let kind = kind.unwrap_or_default();
+            submit::run(&context, &kind, &payload, priority, wait, timeout).await?
+        }
         Command::Status => inspect::status(&context).await?,
         Command::Workers => inspect::workers(&context).await?,
         Command::Dead { action } => {

@@ -10,7 +10,7 @@ use warren_common::broker::{check_confirmation, inspect_queue, publish_to_queue}
 use warren_common::message::{attempts, header_str};
 use warren_common::{
     HEADER_ATTEMPTS, HEADER_HISTORY, HEADER_NOT_BEFORE, HEADER_REASON, HEADER_REDELIVERED,
-    confirmed_channel,
+    HEADER_SUBMITTED, confirmed_channel,
 };
 
 use crate::{Context_, QueueAction};
@@ -142,6 +142,7 @@ fn fresh(properties: &BasicProperties) -> BasicProperties {
                 HEADER_NOT_BEFORE,
                 HEADER_REASON,
                 HEADER_REDELIVERED,
+                HEADER_SUBMITTED,
             ]
             .contains(&key.as_str());
             if !warren_bookkeeping {
