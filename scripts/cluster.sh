@@ -14,7 +14,7 @@
 #                                against node N with the cluster's cookie, e.g.
 #                                scripts/cluster.sh cli 1 rabbitmq-queues quorum_status QUEUE
 #
-#   node      AMQP  management (guest/guest)  Erlang distribution
+#   node      AMQP  management (warren/warren)  Erlang distribution
 #   warren1   5681  http://127.0.0.1:15681     25681
 #   warren2   5682  http://127.0.0.1:15682     25682
 #   warren3   5683  http://127.0.0.1:15683     25683
@@ -23,8 +23,9 @@
 # not resolve (laptops, containers). Everything listens on 127.0.0.1 only.
 #
 # Settings: deploy/rabbitmq/rabbitmq.conf (shared; copied as each node's main config) plus a
-# generated conf.d/10-node.conf per node (ports, cluster name); plugins from
-# deploy/rabbitmq/enabled_plugins.
+# generated conf.d/10-node.conf per node (ports, cluster name, peer list, the path of
+# deploy/rabbitmq/definitions.json, whose users replace guest: log in as warren/warren);
+# plugins from deploy/rabbitmq/enabled_plugins.
 #
 # State (data, logs, pid files, configs, the cookie): ${WARREN_CLUSTER_DIR:-/tmp/warren-cluster}.
 # The three nodes share an Erlang cookie that is generated into <state>/home/.erlang.cookie;
@@ -94,7 +95,7 @@ pid_file()  { echo "$(node_dir "$1")/warren$1.pid"; }
 urls() {
   local n out=""
   for n in "${NODES[@]}"; do
-    out="${out:+$out,}amqp://guest:guest@127.0.0.1:$(amqp_port "$n")/%2f"
+    out="${out:+$out,}amqp://warren:warren@127.0.0.1:$(amqp_port "$n")/%2f"
   done
   echo "$out"
 }
@@ -187,6 +188,12 @@ cluster_name = warren-local
 listeners.tcp.local = 127.0.0.1:$(amqp_port "$n")
 management.tcp.ip = 127.0.0.1
 management.tcp.port = $(mgmt_port "$n")
+# What deploy/rabbitmq/compose.conf says for the compose cluster: the node list for classic
+# peer discovery, and the shared definitions (users, permissions, policies).
+cluster_formation.classic_config.nodes.1 = $(node_name 1)
+cluster_formation.classic_config.nodes.2 = $(node_name 2)
+cluster_formation.classic_config.nodes.3 = $(node_name 3)
+load_definitions = $CONF_SRC/definitions.json
 EOF
 }
 
@@ -335,7 +342,7 @@ print_summary() {
   local n
   echo "cluster running: $(for n in "${NODES[@]}"; do node_name "$n"; done | tr "\n" " " | sed "s/ $//")"
   for n in "${NODES[@]}"; do
-    echo "  $(node_name "$n")  amqp://127.0.0.1:$(amqp_port "$n")  http://127.0.0.1:$(mgmt_port "$n")  (guest/guest)"
+    echo "  $(node_name "$n")  amqp://127.0.0.1:$(amqp_port "$n")  http://127.0.0.1:$(mgmt_port "$n")  (warren/warren)"
   done
   echo "state: $STATE_DIR   CLI: scripts/cluster.sh cli N rabbitmqctl cluster_status"
   echo "WARREN__AMQP__URLS=$(urls)"
