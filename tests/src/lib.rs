@@ -18,11 +18,12 @@ use lapin::options::{
     QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use warren_common::{Config, TaskEvent, TaskResult, Topology};
+use warren_common::config::AmqpConfig;
+use warren_common::{Config, TaskEvent, TaskResult, Topology, broker};
 
 pub use warren_common;
 pub use warren_worker::{HandlerError, Registry, TaskContext};
@@ -94,16 +95,30 @@ impl TestEnv {
     /// A new environment whose components use the broker nodes `urls` and whose client
     /// connects to `client_url`.
     pub async fn on(test: &str, urls: Vec<String>, client_url: &str) -> Result<TestEnv> {
+        let amqp = AmqpConfig {
+            urls,
+            ..AmqpConfig::default()
+        };
+        TestEnv::with_amqp(test, amqp, client_url).await
+    }
+
+    /// A new environment whose components and client use the `amqp` settings (nodes, TLS
+    /// files), the client connecting to `client_url`.
+    pub async fn with_amqp(test: &str, amqp: AmqpConfig, client_url: &str) -> Result<TestEnv> {
         tracing_init();
-        let mut config = Config::default();
-        config.amqp.urls = urls;
+        let mut config = Config {
+            amqp,
+            ..Config::default()
+        };
         config.topology.prefix = unique_prefix(test);
         config.worker.heartbeat_ms = 200;
         config.dispatcher.heartbeat_timeout_ms = 2_000;
+        // Tests run side by side: no fixed metrics port (a test that wants one sets it).
+        config.dispatcher.metrics_listen = String::new();
         config.validate()?;
-        let connection = Connection::connect(client_url, ConnectionProperties::default())
+        let connection = broker::connect(client_url, &config.amqp, "warren-tests client")
             .await
-            .with_context(|| format!("no RabbitMQ at {client_url}: start one (see README)"))?;
+            .context("no RabbitMQ reachable: start one (see README)")?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -115,7 +130,7 @@ impl TestEnv {
         if first == client_url {
             topology.declare(&channel).await?;
         } else {
-            let declaring = Connection::connect(first, ConnectionProperties::default()).await?;
+            let declaring = broker::connect(first, &config.amqp, "warren-tests declare").await?;
             topology.declare(&declaring.create_channel().await?).await?;
             let _ = declaring.close(200, "declared".into()).await;
         }
@@ -175,6 +190,14 @@ impl TestEnv {
             (
                 "WARREN__DISPATCHER__HEARTBEAT_TIMEOUT_MS".into(),
                 self.config.dispatcher.heartbeat_timeout_ms.to_string(),
+            ),
+            (
+                "WARREN__DISPATCHER__METRICS_LISTEN".into(),
+                self.config.dispatcher.metrics_listen.clone(),
+            ),
+            (
+                "WARREN__WORKER__METRICS_LISTEN".into(),
+                self.config.worker.metrics_listen.clone(),
             ),
         ]
     }
@@ -577,7 +600,7 @@ impl Cluster {
     /// The nodes' AMQP URLs, node 1 first.
     pub fn urls(&self) -> Vec<String> {
         (1..=3)
-            .map(|n| format!("amqp://guest:guest@127.0.0.1:{}/%2f", 5680 + n))
+            .map(|n| format!("amqp://warren:warren@127.0.0.1:{}/%2f", 5680 + n))
             .collect()
     }
 

@@ -43,7 +43,7 @@ async fn status_workers_and_dead_requeue() -> anyhow::Result<()> {
         .find(|l| l.starts_with("cli-worker"))
         .expect(&workers);
     assert!(
-        line.contains("online") && line.contains("fragile"),
+        line.contains("online") && line.contains("fragile") && line.contains(" 0%"),
         "{line}"
     );
 
@@ -55,6 +55,7 @@ async fn status_workers_and_dead_requeue() -> anyhow::Result<()> {
         "{status}"
     );
     assert!(status.contains("dispatchers: 1"), "{status}");
+    assert!(status.contains("throughput: "), "{status}");
 
     env.submit(
         json!({"id": "d1", "kind": "fragile", "max_attempts": 1}),
@@ -95,6 +96,22 @@ async fn status_workers_and_dead_requeue() -> anyhow::Result<()> {
         Process::output(&env, "warren", &["submit", "echo", "{\"x\":1}", "--wait"]).await?;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("\"succeeded\""), "{out}");
+
+    // Many tasks from a file, one JSON object a line, waiting for every result.
+    let file = std::env::temp_dir().join(format!("{}.jsonl", env.config.topology.prefix));
+    let lines: Vec<String> = (0..20)
+        .map(|i| json!({"kind": "echo", "payload": i}).to_string())
+        .collect();
+    std::fs::write(&file, lines.join("\n"))?;
+    let path = file.to_string_lossy().into_owned();
+    let (code, out) =
+        Process::output(&env, "warren", &["submit", "--file", &path, "--wait"]).await?;
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("20 submitted, 20 succeeded, 0 did not, 0 without a result"),
+        "{out}"
+    );
     worker.stop().await?;
     dispatcher.stop().await?;
     env.cleanup().await

@@ -1,0 +1,189 @@
+//! `/metrics` and `/healthz` of a running dispatcher and worker: valid Prometheus text (read
+//! by a real parser) that counts what really happened.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use lapin::BasicProperties;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use warren_tests::{Registry, TestEnv, ids, tasks, wait_for};
+
+/// A port free right now on loopback.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `GET path` over plain HTTP/1.0: the status code and the body.
+async fn get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("no end of headers")?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status code")?;
+    Ok((code, body.to_owned()))
+}
+
+/// Scrapes `/metrics` and parses it with a Prometheus text-format parser.
+async fn scrape(port: u16) -> anyhow::Result<prometheus_parse::Scrape> {
+    let (code, body) = get(port, "/metrics").await?;
+    if code != 200 {
+        bail!("/metrics answered {code}");
+    }
+    let lines = body.lines().map(|l| Ok(l.to_owned()));
+    Ok(prometheus_parse::Scrape::parse(lines)?)
+}
+
+/// The value of the sample `name` whose labels include `labels`.
+fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+            prometheus_parse::Value::Summary(_) => f64::NAN,
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_tell_what_happened() -> anyhow::Result<()> {
+    let mut env = TestEnv::new("metrics").await?;
+    let (dispatcher_port, worker_port) = (free_port()?, free_port()?);
+    env.config.dispatcher.metrics_listen = format!("127.0.0.1:{dispatcher_port}");
+    let dispatcher = env.dispatcher();
+    let mut worker_config = env.config.clone();
+    worker_config.worker.id = Some("metered".into());
+    worker_config.worker.concurrency = 3;
+    worker_config.worker.metrics_listen = format!("127.0.0.1:{worker_port}");
+    let worker = env.worker_with(worker_config, Registry::new());
+
+    let mut replies = env.reply_queue().await?;
+    let mut batch = tasks(20, "echo", "ok", |i| json!(i));
+    batch.push(json!({"id": "boom", "kind": "fail", "max_attempts": 1}));
+    env.submit_many(&batch, &replies.name).await?;
+    env.publish_raw(b"{not json", BasicProperties::default())
+        .await?;
+    replies
+        .collect(&ids(&batch), Duration::from_secs(60))
+        .await?;
+
+    // Gauges follow within a liveness tick (250 ms) and a depth poll (2 s).
+    let rejected = env.topology.rejected_queue();
+    wait_for(
+        "the gauges to catch up",
+        Duration::from_secs(20),
+        || async {
+            let Ok(s) = scrape(dispatcher_port).await else {
+                return false;
+            };
+            value(&s, "warren_workers", &[]) == Some(1.0)
+                && value(&s, "warren_leader", &[]) == Some(1.0)
+                && value(&s, "warren_queue_messages", &[("queue", &rejected)]) == Some(1.0)
+        },
+    )
+    .await?;
+
+    let d = scrape(dispatcher_port).await?;
+    let count = |name, labels: &[(&str, &str)]| value(&d, name, labels).unwrap_or(-1.0);
+    assert_eq!(
+        count(
+            "warren_dispatcher_tasks_total",
+            &[("status", "accepted"), ("kind", "echo")]
+        ),
+        20.0
+    );
+    assert_eq!(
+        count(
+            "warren_dispatcher_tasks_total",
+            &[("status", "dispatched"), ("kind", "echo")]
+        ),
+        20.0
+    );
+    assert_eq!(
+        count(
+            "warren_dispatcher_tasks_total",
+            &[("status", "rejected"), ("kind", "")]
+        ),
+        1.0
+    );
+    assert_eq!(count("warren_dispatch_latency_seconds_count", &[]), 21.0);
+    assert_eq!(count("warren_held_tasks", &[]), 0.0);
+    for level in 0..env.topology.levels.len() {
+        let queue = env.topology.level_queue(level);
+        assert_eq!(count("warren_queue_messages", &[("queue", &queue)]), 0.0);
+    }
+    assert_eq!(
+        count(
+            "warren_queue_consumers",
+            &[("queue", &env.topology.intake_queue())]
+        ),
+        1.0
+    );
+
+    let w = scrape(worker_port).await?;
+    let count = |name, labels: &[(&str, &str)]| value(&w, name, labels).unwrap_or(-1.0);
+    assert_eq!(
+        count(
+            "warren_worker_tasks_total",
+            &[("status", "succeeded"), ("kind", "echo")]
+        ),
+        20.0
+    );
+    assert_eq!(
+        count(
+            "warren_worker_tasks_total",
+            &[("status", "dead"), ("kind", "fail")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        count(
+            "warren_worker_task_duration_seconds_count",
+            &[("kind", "echo")]
+        ),
+        20.0
+    );
+    assert_eq!(count("warren_worker_in_flight", &[]), 0.0);
+    assert_eq!(count("warren_worker_concurrency", &[]), 3.0);
+    // Every family is documented and typed.
+    for scrape in [&d, &w] {
+        for sample in &scrape.samples {
+            let family = sample
+                .metric
+                .trim_end_matches("_total")
+                .trim_end_matches("_count")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_bucket");
+            assert!(
+                scrape.docs.contains_key(family),
+                "no HELP for {}",
+                sample.metric
+            );
+        }
+    }
+
+    let (code, body) = get(dispatcher_port, "/healthz").await?;
+    let health: Value = serde_json::from_str(&body)?;
+    assert_eq!(code, 200);
+    assert_eq!(health["role"], "leader");
+    let (code, _) = get(worker_port, "/healthz").await?;
+    assert_eq!(code, 200);
+
+    worker.stop().await?;
+    dispatcher.stop().await?;
+    env.cleanup().await
+}
