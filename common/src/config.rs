@@ -216,6 +216,10 @@ pub struct DispatcherConfig {
     pub dedupe_window_ms: u64,
     /// Task ids the idempotency window holds at most (the oldest go first).
     pub dedupe_max: usize,
+    /// While a dispatcher routes, its intake hands valid submissions straight to the router,
+    /// which sends one directly to a worker that has room (skipping the priority queue) and
+    /// files the rest to their priority queues.
+    pub fast_path: bool,
 }
 
 /// `dispatcher.policy`: the order of the tasks the dispatcher holds.
@@ -274,6 +278,7 @@ impl Default for DispatcherConfig {
             metrics_listen: "127.0.0.1:9464".into(),
             dedupe_window_ms: 600_000,
             dedupe_max: 100_000,
+            fast_path: true,
         }
     }
 }

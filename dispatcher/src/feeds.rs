@@ -21,6 +21,19 @@ pub(crate) enum Input {
         /// The delivery, acked once the task is confirmed on a worker's queue.
         delivery: Box<Delivery>,
     },
+    /// A valid submission that intake hands to the routing dispatcher (the fast path).
+    Submitted {
+        /// Its priority level.
+        level: usize,
+        /// The validated task.
+        task: Box<warren_common::Task>,
+        /// Its normalized body.
+        body: Vec<u8>,
+        /// The properties to forward it with.
+        properties: lapin::BasicProperties,
+        /// The intake delivery, acked once the task is confirmed elsewhere.
+        delivery: Box<Delivery>,
+    },
     /// A worker's heartbeat.
     Heartbeat(Heartbeat),
     /// A worker no longer holds a task.

@@ -3,6 +3,9 @@
 //! after the broker confirmed where it went.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -18,6 +21,7 @@ use warren_common::message::with_reason;
 use warren_common::{BrokerError, Status, Task, TaskResult, confirmed_channel};
 
 use crate::Dispatcher;
+use crate::feeds::Input;
 use crate::notify::Notifier;
 
 /// Consumes the intake queue until `stop` fires or the channel fails; then waits until every
@@ -26,6 +30,7 @@ pub(crate) async fn run(
     dispatcher: Arc<Dispatcher>,
     connection: &Connection,
     notifier: Notifier,
+    router: mpsc::Sender<Input>,
     stop: CancellationToken,
 ) -> Result<(), BrokerError> {
     let consume = connection.create_channel().await?;
@@ -36,6 +41,7 @@ pub(crate) async fn run(
         &consume,
         &publisher,
         &notifier,
+        &router,
         &settling,
         &stop,
     )
@@ -54,6 +60,7 @@ async fn consume_intake(
     consume: &Channel,
     publisher: &Channel,
     notifier: &Notifier,
+    router: &mpsc::Sender<Input>,
     settling: &TaskTracker,
     stop: &CancellationToken,
 ) -> Result<(), BrokerError> {
@@ -77,18 +84,52 @@ async fn consume_intake(
                 None => return Err(BrokerError::Pool("intake consumer cancelled".into())),
             },
         };
-        let confirm = admit(dispatcher, publisher, notifier, &delivery).await?;
-        settling.spawn(settle_submission(confirm, delivery));
+        match admit(dispatcher, publisher, notifier, &delivery).await? {
+            Admitted::Filed(filed) => {
+                settling.spawn(settle_submission(filed, delivery));
+            }
+            Admitted::ToRouter {
+                level,
+                task,
+                body,
+                properties,
+            } => {
+                let handed = Input::Submitted {
+                    level,
+                    task,
+                    body,
+                    properties,
+                    delivery: Box::new(delivery),
+                };
+                // If the router is gone (the session ends), the delivery is dropped unacked
+                // and the broker requeues it when this channel closes.
+                let _ = router.send(handed).await;
+            }
+        }
     }
 }
 
-/// Validates one submission and publishes it where it belongs; returns the pending confirm.
+/// What intake did with a submission.
+enum Admitted {
+    /// Published to its priority queue (or the rejected queue); the confirm is pending.
+    Filed(Filed),
+    /// Valid, to be handed to this dispatcher's router (the fast path).
+    ToRouter {
+        level: usize,
+        task: Box<Task>,
+        body: Vec<u8>,
+        properties: BasicProperties,
+    },
+}
+
+/// Validates one submission and publishes it where it belongs, or says to hand it to the
+/// router when this dispatcher routes and the task need not wait (no retry backoff).
 async fn admit(
     dispatcher: &Dispatcher,
     publisher: &Channel,
     notifier: &Notifier,
     delivery: &Delivery,
-) -> Result<Filed, BrokerError> {
+) -> Result<Admitted, BrokerError> {
     let properties = &delivery.properties;
     let fallback = SubmitProperties {
         message_id: properties.message_id().as_ref().map(|id| id.as_str()),
@@ -119,15 +160,30 @@ async fn admit(
                     AMQPValue::Boolean(true),
                 );
             }
-            let confirm = publish_to_queue(publisher, &queue, &task.to_json(), forwarded).await?;
             let submitter = properties.user_id().as_ref().map(|u| u.to_string());
             notifier.task(&task.id, &task.kind, Status::Accepted, 0, None, submitter);
             dispatcher.metrics.task(Status::Accepted, &task.kind);
-            Ok(Filed {
+            let waits = forwarded
+                .headers()
+                .as_ref()
+                .is_some_and(|h| h.inner().contains_key(warren_common::HEADER_NOT_BEFORE));
+            if !waits
+                && dispatcher.fast_path.load(Ordering::Relaxed)
+                && dispatcher.room.load(Ordering::Relaxed)
+            {
+                return Ok(Admitted::ToRouter {
+                    level,
+                    body: task.to_json(),
+                    task: Box::new(task),
+                    properties: forwarded,
+                });
+            }
+            let confirm = publish_to_queue(publisher, &queue, &task.to_json(), forwarded).await?;
+            Ok(Admitted::Filed(Filed {
                 confirm,
                 queue,
                 reply: None,
-            })
+            }))
         }
         Err(rejection) => {
             let reason = rejection.to_string();
@@ -157,11 +213,11 @@ async fn admit(
             dispatcher.metrics.task(Status::Rejected, label);
             let submitter = properties.user_id().as_ref().map(|u| u.to_string());
             notifier.task(&id, &kind, Status::Rejected, 0, Some(reason), submitter);
-            Ok(Filed {
+            Ok(Admitted::Filed(Filed {
                 confirm,
                 queue,
                 reply,
-            })
+            }))
         }
     }
 }

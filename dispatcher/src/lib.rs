@@ -51,6 +51,13 @@ pub(crate) struct Dispatcher {
     pub(crate) metrics: Arc<metrics::Metrics>,
     /// What `/healthz` reports.
     pub(crate) health: Arc<warren_common::metrics::Health>,
+    /// Set while this dispatcher routes (and `dispatcher.fast_path` is on): its intake then
+    /// hands valid submissions to the router instead of filing them.
+    pub(crate) fast_path: std::sync::atomic::AtomicBool,
+    /// Whether some worker had a free slot after the router's last dispatch round: intake
+    /// hands a submission to the router only then, and files it itself otherwise (on its own
+    /// connection, so a busy router does not slow intake down).
+    pub(crate) room: std::sync::atomic::AtomicBool,
 }
 
 /// Runs a dispatcher until `shutdown` fires. Reconnects (to the next node of `amqp.urls`)
@@ -83,6 +90,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Disp
         instance,
         metrics,
         health,
+        fast_path: std::sync::atomic::AtomicBool::new(false),
+        room: std::sync::atomic::AtomicBool::new(false),
     });
     let mut registry = Registry::new(timeout);
     let config = &dispatcher.config.dispatcher;
@@ -105,6 +114,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Disp
         .await;
         dispatcher.health.set_connected(false);
         dispatcher.metrics.leader.set(0);
+        dispatcher
+            .fast_path
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         match ended {
             Ok(()) => {
                 let _ = connection.close(200, "dispatcher stopped".into()).await;
@@ -165,7 +177,7 @@ async fn session(
         let inputs = inputs.clone();
         let connection = intake_connection.clone();
         tokio::spawn(async move {
-            let result = intake::run(dispatcher, &connection, notifier, stop).await;
+            let result = intake::run(dispatcher, &connection, notifier, inputs.clone(), stop).await;
             if let Err(err) = result {
                 let _ = inputs.send(feeds::Input::Failed(err)).await;
             }
@@ -196,6 +208,9 @@ async fn session(
     info!("validating submissions; waiting for the leader baton to route");
     let routed = router.run(receiver, &stop).await;
     stop.cancel();
+    dispatcher
+        .fast_path
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     let _ = poller.await;
     router.settling.close();
     router.settling.wait().await;

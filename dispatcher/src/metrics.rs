@@ -45,6 +45,8 @@ pub(crate) struct Metrics {
     pub(crate) held: Gauge,
     /// `warren_dispatcher_duplicates_total`: submissions of an id already dispatched lately.
     pub(crate) duplicates: Counter,
+    /// `warren_dispatcher_fast_path_total`: tasks sent from intake straight to a worker.
+    pub(crate) fast_path: Counter,
 }
 
 impl Metrics {
@@ -59,6 +61,7 @@ impl Metrics {
             leader: Gauge::default(),
             held: Gauge::default(),
             duplicates: Counter::default(),
+            fast_path: Counter::default(),
         });
         let mut registry = Registry::with_prefix("warren");
         registry.register(
@@ -100,6 +103,11 @@ impl Metrics {
             "dispatcher_duplicates",
             "Submissions of a task id dispatched lately, answered without running it again",
             metrics.duplicates.clone(),
+        );
+        registry.register(
+            "dispatcher_fast_path",
+            "Tasks sent from intake straight to a worker with room, skipping their priority queue",
+            metrics.fast_path.clone(),
         );
         (metrics, registry)
     }

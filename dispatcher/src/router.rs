@@ -43,7 +43,7 @@ pub(crate) struct Router<'a> {
     /// Ids dispatched lately, for idempotency; outlives sessions, like the registry.
     pub(crate) dedupe: &'a mut Dedupe,
     /// The held tasks of this session (the broker requeues them if the session dies).
-    pub(crate) scheduler: Scheduler<Delivery>,
+    pub(crate) scheduler: Scheduler<Carried>,
     /// Confirm-mode channel for publishing to worker queues.
     pub(crate) publisher: Channel,
     /// Task events.
@@ -94,6 +94,13 @@ impl Router<'_> {
     fn handle(&mut self, input: Input) -> Result<(), BrokerError> {
         match input {
             Input::Task { level, delivery } => self.hold(level, *delivery),
+            Input::Submitted {
+                level,
+                task,
+                body,
+                properties,
+                delivery,
+            } => self.submitted(level, *task, body, properties, *delivery),
             Input::Heartbeat(beat) => {
                 let change = self.registry.heartbeat(&beat, Instant::now());
                 match change {
@@ -133,18 +140,76 @@ impl Router<'_> {
         Ok(())
     }
 
-    /// Holds a delivered task; an unreadable one goes to the dead queue.
+    /// Holds a task delivered from a priority queue; an unreadable one goes to the dead queue.
     fn hold(&mut self, level: usize, delivery: Delivery) {
-        match Task::from_json(&delivery.data) {
-            Ok(task) if maybe_duplicate(&delivery) && self.registry.has_seen(&task.id) => {
+        let decoded = Task::from_json(&delivery.data);
+        let delivery = Carried {
+            delivery,
+            normalized: None,
+        };
+        match decoded {
+            Ok(task) => self.take(level, task, delivery),
+            Err(reason) => {
+                warn!(%reason, "unreadable task on a priority queue; moving it to dead");
+                self.bury(delivery, None, reason.to_string());
+            }
+        }
+    }
+
+    /// A valid submission handed over by intake while this dispatcher routes (the fast path):
+    /// if a worker can take it right now, it goes straight to the worker's queue, skipping its
+    /// priority queue (any held task that could use that worker's room would have been sent
+    /// already); otherwise it is filed to its priority queue as intake would have.
+    fn submitted(
+        &mut self,
+        level: usize,
+        task: Task,
+        body: Vec<u8>,
+        properties: lapin::BasicProperties,
+        delivery: Delivery,
+    ) {
+        let carried = Carried {
+            delivery,
+            normalized: Some((body, properties)),
+        };
+        let now_runnable = self
+            .registry
+            .workers()
+            .any(|w| w.can_take(&task.kind, &task.requires, task.cost));
+        if now_runnable {
+            return self.take(level, task, carried);
+        }
+        let queue = self.dispatcher.topology.level_queue(level);
+        let publisher = self.publisher.clone();
+        self.settling.spawn(async move {
+            let filed = publish_confirmed(
+                &publisher,
+                "",
+                &queue,
+                true,
+                carried.data(),
+                carried.properties().clone(),
+            )
+            .await;
+            if let Err(err) = &filed {
+                warn!(cause = %err, "submission not filed; requeueing it");
+            }
+            settle(&carried.delivery, filed.is_ok()).await;
+        });
+    }
+
+    /// Holds a task (or answers it as a duplicate, or drops a copy a worker already has).
+    fn take(&mut self, level: usize, task: Task, delivery: Carried) {
+        match task {
+            task if maybe_duplicate(&delivery) && self.registry.has_seen(&task.id) => {
                 // A copy the previous leader had already sent on: it runs, or ran, elsewhere.
                 info!(task = %task.id, "dropping a redelivered task that a worker already has");
                 self.settling
-                    .spawn(async move { settle(&delivery, true).await });
+                    .spawn(async move { settle(&delivery.delivery, true).await });
             }
-            Ok(task) => {
+            task => {
                 if is_fresh(&delivery) {
-                    let waiter = waiter(&delivery.properties);
+                    let waiter = waiter(delivery.properties());
                     let verdict = self.dedupe.check(&task.id, waiter, Instant::now());
                     if verdict != Verdict::New {
                         return self.duplicate(delivery, &task.id, &task.kind, verdict);
@@ -158,7 +223,7 @@ impl Router<'_> {
                         .unwrap_or(now),
                 };
                 let deadline = task.deadline.map(to_instant);
-                let not_before = header_u64(&delivery.properties, HEADER_NOT_BEFORE)
+                let not_before = header_u64(delivery.properties(), HEADER_NOT_BEFORE)
                     .and_then(|ms| i64::try_from(ms).ok())
                     .and_then(chrono::DateTime::from_timestamp_millis)
                     .map(to_instant);
@@ -180,30 +245,29 @@ impl Router<'_> {
                     },
                 );
             }
-            Err(reason) => {
-                warn!(%reason, "unreadable task on a priority queue; moving it to dead");
-                self.bury(delivery, None, reason.to_string());
-            }
         }
     }
 
     /// Moves a held task to the dead queue with `reason`, tells its submitter (if it asked for
     /// a result) and the events exchange, then acks it.
-    fn bury(&self, delivery: Delivery, task: Option<TaskInfo>, reason: String) {
+    fn bury(&self, delivery: Carried, task: Option<TaskInfo>, reason: String) {
         let publisher = self.publisher.clone();
         let dead = self.dispatcher.topology.dead_queue();
         if let Some(task) = &task {
             self.dispatcher.metrics.task(Status::Dead, &task.kind);
             self.notifier.send(warren_common::TaskEvent {
                 error: Some(reason.clone()),
-                submitter: warren_common::message::submitter(&delivery.properties),
+                submitter: warren_common::message::submitter(delivery.properties()),
                 ..event(task, Status::Dead)
             });
         }
         self.settling.spawn(async move {
-            let properties = with_reason(delivery.properties.clone(), &reason);
+            let properties = with_reason(
+                without_header(delivery.properties().clone(), HEADER_SUBMITTED),
+                &reason,
+            );
             let moved =
-                publish_confirmed(&publisher, "", &dead, true, &delivery.data, properties).await;
+                publish_confirmed(&publisher, "", &dead, true, delivery.data(), properties).await;
             if let (Ok(()), Some(task)) = (&moved, &task) {
                 let result = warren_common::TaskResult {
                     id: task.id.clone(),
@@ -211,25 +275,25 @@ impl Router<'_> {
                     status: Status::Dead,
                     result: serde_json::Value::Null,
                     error: Some(reason),
-                    attempts: warren_common::message::attempts(&delivery.properties),
+                    attempts: warren_common::message::attempts(delivery.properties()),
                     worker: None,
                     started_at: None,
                     finished_at: None,
                 };
                 if let Ok(Some(confirm)) =
-                    publish_result(&publisher, &delivery.properties, &result).await
+                    publish_result(&publisher, delivery.properties(), &result).await
                 {
                     let _ = confirm.await;
                 }
             }
-            settle(&delivery, moved.is_ok()).await;
+            settle(&delivery.delivery, moved.is_ok()).await;
         });
     }
 
     /// Answers a submission of a task id dispatched lately without running it: with the
     /// result if the task has finished (a pending one's submitter was recorded to be answered
     /// when it does), then acks it.
-    fn duplicate(&self, delivery: Delivery, id: &str, kind: &str, verdict: Verdict) {
+    fn duplicate(&self, delivery: Carried, id: &str, kind: &str, verdict: Verdict) {
         self.dispatcher.metrics.duplicates.inc();
         info!(task = %id, "a duplicate submission: answering it without running the task again");
         let answer = match verdict {
@@ -240,11 +304,11 @@ impl Router<'_> {
         self.settling.spawn(async move {
             if let Some(result) = answer
                 && let Ok(Some(confirm)) =
-                    publish_result(&publisher, &delivery.properties, &result).await
+                    publish_result(&publisher, delivery.properties(), &result).await
             {
                 let _ = confirm.await;
             }
-            settle(&delivery, true).await;
+            settle(&delivery.delivery, true).await;
         });
     }
 
@@ -300,12 +364,13 @@ impl Router<'_> {
     async fn dispatch(&mut self) -> Result<(), BrokerError> {
         self.expire_deadlines();
         let now = Instant::now();
+        let room = &self.dispatcher.room;
         while let Some(assignment) = self.scheduler.next(self.registry, now) {
             let task = assignment.held.task;
             let delivery = assignment.held.handle;
             if is_fresh(&delivery) {
                 // A twin of a task dispatched since this one was held.
-                let waiter = waiter(&delivery.properties);
+                let waiter = waiter(delivery.properties());
                 let verdict = self.dedupe.check(&task.id, waiter, now);
                 if verdict != Verdict::New {
                     self.duplicate(delivery, &task.id, &task.kind, verdict);
@@ -323,8 +388,8 @@ impl Router<'_> {
                         mandatory: true,
                         ..BasicPublishOptions::default()
                     },
-                    &delivery.data,
-                    without_header(delivery.properties.clone(), HEADER_SUBMITTED),
+                    delivery.data(),
+                    without_header(delivery.properties().clone(), HEADER_SUBMITTED),
                 )
                 .await;
             let confirm = match sent {
@@ -336,25 +401,30 @@ impl Router<'_> {
             };
             self.notifier.send(warren_common::TaskEvent {
                 worker: Some(assignment.worker.clone()),
-                submitter: warren_common::message::submitter(&delivery.properties),
+                submitter: warren_common::message::submitter(delivery.properties()),
                 ..event(&task, Status::Dispatched)
             });
             self.dedupe.dispatched(&task.id, &task.kind, now);
             let metrics = &self.dispatcher.metrics;
             metrics.task(Status::Dispatched, &task.kind);
+            if delivery.normalized.is_some() {
+                metrics.fast_path.inc();
+            }
             metrics
                 .dispatch_latency
                 .observe(now.saturating_duration_since(task.arrived).as_secs_f64());
             let inputs = self.inputs.clone();
             self.settling.spawn(confirm_dispatch(
                 confirm,
-                delivery,
+                delivery.delivery,
                 assignment.queue,
                 assignment.worker,
                 task.id,
                 inputs,
             ));
         }
+        let free = self.registry.total_credit() > 0;
+        room.store(free, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -372,6 +442,11 @@ impl Router<'_> {
         let window = self.dispatcher.config.dispatcher.window;
         let channel = feeds::levels(self.connection, topology, window, &self.inputs).await?;
         self.levels_channel = Some(channel);
+        if self.dispatcher.config.dispatcher.fast_path {
+            self.dispatcher
+                .fast_path
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         info!(workers = self.registry.workers().count(), "routing");
         // Queues of workers that died while another dispatcher led (it may have reclaimed
         // them already; then this finds them gone).
@@ -422,12 +497,39 @@ impl Router<'_> {
     }
 }
 
+/// What the router holds of a task: the delivery to settle once the task is safely elsewhere,
+/// and, for a submission taken straight from intake, its normalized form (body, properties) to
+/// send on instead of the delivery's bytes.
+#[derive(Debug)]
+pub(crate) struct Carried {
+    /// The delivery from a priority queue, or from intake.
+    delivery: Delivery,
+    /// The normalized task and its properties, for an intake delivery.
+    normalized: Option<(Vec<u8>, lapin::BasicProperties)>,
+}
+
+impl Carried {
+    /// The task's body as warren's queues carry it.
+    fn data(&self) -> &[u8] {
+        self.normalized
+            .as_ref()
+            .map_or(&self.delivery.data, |(body, _)| body)
+    }
+
+    /// The task's properties as warren's queues carry them.
+    fn properties(&self) -> &lapin::BasicProperties {
+        self.normalized
+            .as_ref()
+            .map_or(&self.delivery.properties, |(_, properties)| properties)
+    }
+}
+
 /// Whether a delivery is a client's submission on its first way through (not a retry, a
 /// requeue, a reclaimed task or a redelivery): one that the idempotency window applies to.
-fn is_fresh(delivery: &Delivery) -> bool {
+fn is_fresh(delivery: &Carried) -> bool {
     !maybe_duplicate(delivery)
         && delivery
-            .properties
+            .properties()
             .headers()
             .as_ref()
             .is_some_and(|h| h.inner().contains_key(HEADER_SUBMITTED))
@@ -463,10 +565,10 @@ fn result_of(id: &str, kind: &str, outcome: Outcome) -> warren_common::TaskResul
 
 /// Whether a delivery may be a copy of a task that a dispatcher which died had already passed
 /// on: redelivered from its priority queue, or filed from a redelivered submission.
-fn maybe_duplicate(delivery: &Delivery) -> bool {
-    delivery.redelivered
+fn maybe_duplicate(delivery: &Carried) -> bool {
+    delivery.delivery.redelivered
         || delivery
-            .properties
+            .properties()
             .headers()
             .as_ref()
             .is_some_and(|h| h.inner().contains_key(warren_common::HEADER_REDELIVERED))

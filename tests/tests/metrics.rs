@@ -71,6 +71,19 @@ async fn metrics_and_health_tell_what_happened() -> anyhow::Result<()> {
     worker_config.worker.metrics_listen = format!("127.0.0.1:{worker_port}");
     let worker = env.worker_with(worker_config, Registry::new());
 
+    // Once it routes and knows the worker, submissions take the fast path.
+    wait_for(
+        "the dispatcher to route",
+        Duration::from_secs(20),
+        || async {
+            let Ok(s) = scrape(dispatcher_port).await else {
+                return false;
+            };
+            value(&s, "warren_workers", &[]) == Some(1.0)
+                && value(&s, "warren_leader", &[]) == Some(1.0)
+        },
+    )
+    .await?;
     let mut replies = env.reply_queue().await?;
     let mut batch = tasks(20, "echo", "ok", |i| json!(i));
     batch.push(json!({"id": "boom", "kind": "fail", "max_attempts": 1}));
@@ -121,6 +134,9 @@ async fn metrics_and_health_tell_what_happened() -> anyhow::Result<()> {
         1.0
     );
     assert_eq!(count("warren_dispatch_latency_seconds_count", &[]), 21.0);
+    // Three idle slots: the first tasks at least went from intake straight to the worker.
+    let fast = count("warren_dispatcher_fast_path_total", &[]);
+    assert!((1.0..=21.0).contains(&fast), "fast path {fast}");
     assert_eq!(count("warren_held_tasks", &[]), 0.0);
     for level in 0..env.topology.levels.len() {
         let queue = env.topology.level_queue(level);
