@@ -98,7 +98,7 @@ async fn consume_intake(
                     level,
                     task,
                     body,
-                    properties,
+                    properties: *properties,
                     delivery: Box::new(delivery),
                 };
                 // If the router is gone (the session ends), the delivery is dropped unacked
@@ -118,7 +118,7 @@ enum Admitted {
         level: usize,
         task: Box<Task>,
         body: Vec<u8>,
-        properties: BasicProperties,
+        properties: Box<BasicProperties>,
     },
 }
 
@@ -175,7 +175,7 @@ async fn admit(
                     level,
                     body: task.to_json(),
                     task: Box::new(task),
-                    properties: forwarded,
+                    properties: Box::new(forwarded),
                 });
             }
             let confirm = publish_to_queue(publisher, &queue, &task.to_json(), forwarded).await?;
