@@ -277,7 +277,7 @@ impl Default for DispatcherConfig {
             balancer: BalancerName::RoundRobin,
             metrics_listen: "127.0.0.1:9464".into(),
             dedupe_window_ms: 600_000,
-            dedupe_max: 100_000,
+            dedupe_max: 50_000,
             fast_path: true,
         }
     }

@@ -6,6 +6,7 @@
 //! count, and the results it keeps by total size, so memory never depends on the backlog.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -57,19 +58,21 @@ pub enum Verdict {
     Done(Outcome),
 }
 
+// Entries are kept small (a window holds up to `dispatcher.dedupe_max` of them): the outcome
+// is boxed, and the id's one allocation is shared by the map and the eviction order.
 #[derive(Debug)]
 enum State {
     Pending(Vec<Waiter>),
-    Done(Outcome),
+    Done(Box<Outcome>),
 }
 
 #[derive(Debug)]
 struct Entry {
     since: Instant,
-    kind: String,
+    kind: Box<str>,
     state: State,
     /// Bytes of result counted against the budget.
-    bytes: usize,
+    bytes: u32,
 }
 
 /// The window of recently dispatched task ids.
@@ -77,8 +80,8 @@ struct Entry {
 pub struct Dedupe {
     window: Duration,
     max: usize,
-    entries: HashMap<String, Entry>,
-    order: VecDeque<(Instant, String)>,
+    entries: HashMap<Arc<str>, Entry>,
+    order: VecDeque<(Instant, Arc<str>)>,
     result_bytes: usize,
 }
 
@@ -116,7 +119,7 @@ impl Dedupe {
             return Verdict::New;
         };
         match &mut entry.state {
-            State::Done(outcome) => Verdict::Done(outcome.clone()),
+            State::Done(outcome) => Verdict::Done((**outcome).clone()),
             State::Pending(waiters) => {
                 if let Some(waiter) = waiter
                     && waiters.len() < MAX_WAITERS
@@ -139,16 +142,17 @@ impl Dedupe {
                 break;
             }
         }
+        let id: Arc<str> = Arc::from(id);
         self.entries.insert(
-            id.to_owned(),
+            id.clone(),
             Entry {
                 since: now,
-                kind: kind.to_owned(),
+                kind: kind.into(),
                 state: State::Pending(Vec::new()),
                 bytes: 0,
             },
         );
-        self.order.push_back((now, id.to_owned()));
+        self.order.push_back((now, id));
     }
 
     /// Forgets `id` if it is pending: its dispatch failed, it was never sent.
@@ -167,20 +171,20 @@ impl Dedupe {
             .result
             .as_ref()
             .map_or(0, |r| serde_json::to_vec(r).map_or(0, |b| b.len()));
-        self.result_bytes -= entry.bytes;
+        self.result_bytes -= entry.bytes as usize;
         if self.result_bytes + bytes <= RESULT_BUDGET {
-            entry.bytes = bytes;
+            entry.bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
             self.result_bytes += bytes;
         } else {
             entry.bytes = 0;
             outcome.result = None;
             outcome.result_omitted = true;
         }
-        let waiters = match std::mem::replace(&mut entry.state, State::Done(outcome)) {
+        let waiters = match std::mem::replace(&mut entry.state, State::Done(Box::new(outcome))) {
             State::Pending(waiters) => waiters,
             State::Done(_) => Vec::new(),
         };
-        Some((entry.kind.clone(), waiters))
+        Some((entry.kind.to_string(), waiters))
     }
 
     /// Drops entries older than the window.
@@ -202,7 +206,7 @@ impl Dedupe {
         if self.entries.get(&id).is_some_and(|e| e.since == since)
             && let Some(entry) = self.entries.remove(&id)
         {
-            self.result_bytes -= entry.bytes;
+            self.result_bytes -= entry.bytes as usize;
         }
         true
     }
