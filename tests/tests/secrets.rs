@@ -27,7 +27,7 @@ async fn passwords_stay_out_of_logs_metrics_and_errors() -> anyhow::Result<()> {
         .port();
     // A first node that refuses connections (its failure is logged), then the real broker.
     let urls = format!("amqp://guest:{SECRET}@127.0.0.1:1/%2f,{}", broker_url());
-    let mut dispatcher = tokio::process::Command::new(binary("warren-dispatcher")?)
+    let dispatcher = tokio::process::Command::new(binary("warren-dispatcher")?)
         .envs(env.env_vars())
         .env("WARREN__AMQP__URLS", &urls)
         .env(
