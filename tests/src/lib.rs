@@ -200,6 +200,20 @@ impl TestEnv {
                 self.config.worker.metrics_listen.clone(),
             ),
         ]
+        .into_iter()
+        .chain(
+            [
+                ("TLS_CA_FILE", &self.config.amqp.tls_ca_file),
+                ("TLS_CLIENT_CERT_FILE", &self.config.amqp.tls_client_cert_file),
+                ("TLS_CLIENT_KEY_FILE", &self.config.amqp.tls_client_key_file),
+            ]
+            .into_iter()
+            .filter_map(|(key, path)| {
+                let path = path.as_ref()?.to_string_lossy().into_owned();
+                Some((format!("WARREN__AMQP__{key}"), path))
+            }),
+        )
+        .collect()
     }
 
     /// A private reply queue (server-named, exclusive) and a consumer on it.
