@@ -204,7 +204,10 @@ impl TestEnv {
         .chain(
             [
                 ("TLS_CA_FILE", &self.config.amqp.tls_ca_file),
-                ("TLS_CLIENT_CERT_FILE", &self.config.amqp.tls_client_cert_file),
+                (
+                    "TLS_CLIENT_CERT_FILE",
+                    &self.config.amqp.tls_client_cert_file,
+                ),
                 ("TLS_CLIENT_KEY_FILE", &self.config.amqp.tls_client_key_file),
             ]
             .into_iter()
