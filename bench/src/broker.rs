@@ -146,13 +146,7 @@ pub(crate) async fn delete_queues(connection: &Connection, queues: &[String]) ->
 
 /// warren's shared queues on `topology` and the queues of the given workers.
 pub(crate) fn warren_queues(topology: &Topology, worker_ids: &[String]) -> Vec<String> {
-    let mut queues = vec![
-        topology.intake_queue(),
-        topology.rejected_queue(),
-        topology.dead_queue(),
-        topology.leader_queue(),
-    ];
-    queues.extend((0..topology.levels.len()).map(|i| topology.level_queue(i)));
+    let mut queues = topology.shared_queues();
     queues.extend(worker_ids.iter().map(|id| topology.worker_queue(id)));
     queues
 }

@@ -113,6 +113,25 @@ impl Topology {
         Ok(())
     }
 
+    /// The shared quorum queues that hold tasks or messages: intake, rejected, dead and one
+    /// per priority level.
+    pub fn task_queues(&self) -> Vec<String> {
+        let mut queues = vec![
+            self.intake_queue(),
+            self.rejected_queue(),
+            self.dead_queue(),
+        ];
+        queues.extend((0..self.levels.len()).map(|i| self.level_queue(i)));
+        queues
+    }
+
+    /// Every shared queue: [`Topology::task_queues`] and the leader queue.
+    pub fn shared_queues(&self) -> Vec<String> {
+        let mut queues = self.task_queues();
+        queues.push(self.leader_queue());
+        queues
+    }
+
     /// Declares the exchanges and shared queues. Safe to run any number of times.
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
         let durable = ExchangeDeclareOptions {
@@ -129,13 +148,7 @@ impl Topology {
                 )
                 .await?;
         }
-        let mut queues = vec![
-            self.intake_queue(),
-            self.rejected_queue(),
-            self.dead_queue(),
-        ];
-        queues.extend((0..self.levels.len()).map(|i| self.level_queue(i)));
-        for queue in &queues {
+        for queue in &self.task_queues() {
             declare_quorum(channel, queue).await?;
         }
         let mut single_active = quorum_arguments();

@@ -129,12 +129,7 @@ pub(crate) fn poll_depths(
     topology: &Topology,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    let mut queues = vec![
-        topology.intake_queue(),
-        topology.dead_queue(),
-        topology.rejected_queue(),
-    ];
-    queues.extend((0..topology.levels.len()).map(|level| topology.level_queue(level)));
+    let queues = topology.task_queues();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(DEPTH_PERIOD);
         'polling: loop {

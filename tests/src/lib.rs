@@ -319,14 +319,7 @@ impl TestEnv {
     pub async fn cleanup(self) -> Result<()> {
         let channel = self.connection.create_channel().await?;
         let topology = &self.topology;
-        let mut queues = vec![
-            topology.intake_queue(),
-            topology.rejected_queue(),
-            topology.dead_queue(),
-            topology.leader_queue(),
-        ];
-        queues.extend((0..topology.levels.len()).map(|i| topology.level_queue(i)));
-        for queue in queues {
+        for queue in topology.shared_queues() {
             channel
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await?;
