@@ -10,12 +10,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use lapin::BasicProperties;
-use lapin::options::BasicPublishOptions;
 use warren_common::broker::{check_confirmation, private_consumer};
 use warren_common::{Status, TaskResult, confirmed_channel};
 
 use crate::Context_;
+use crate::submit::publish_task;
 
 /// Publishes in flight (unconfirmed) at most.
 const IN_FLIGHT: usize = 512;
@@ -79,25 +78,7 @@ pub(crate) async fn run(context: &Context_, path: &Path, wait: bool, timeout: u6
     let submitting = bar(tasks.len(), "submitted");
     let mut pending = std::collections::VecDeque::with_capacity(IN_FLIGHT);
     for task in &tasks {
-        let kind = task["kind"].as_str().unwrap_or_default();
-        let id = task["id"].as_str().map(str::to_owned).unwrap_or_default();
-        let mut properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_correlation_id(id.as_str().into());
-        if let Some(queue) = &reply_to {
-            properties = properties.with_reply_to(queue.as_str().into());
-        }
-        let body = serde_json::to_vec(task)?;
-        let confirm = channel
-            .basic_publish(
-                exchange.as_str().into(),
-                kind.into(),
-                BasicPublishOptions::default(),
-                &body,
-                properties,
-            )
-            .await?;
+        let confirm = publish_task(&channel, &exchange, task, reply_to.as_deref()).await?;
         pending.push_back(confirm);
         if pending.len() >= IN_FLIGHT
             && let Some(oldest) = pending.pop_front()

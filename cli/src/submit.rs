@@ -11,6 +11,36 @@ use warren_common::{Status, TaskResult, confirmed_channel};
 
 use crate::Context_;
 
+/// Publishes `task` (a JSON object with `kind` and `id`) to `exchange`, routing key = its
+/// kind, persistent, with its id as correlation id and `reply_to` if given; returns the
+/// pending confirm.
+pub(crate) async fn publish_task(
+    channel: &lapin::Channel,
+    exchange: &str,
+    task: &serde_json::Value,
+    reply_to: Option<&str>,
+) -> Result<lapin::PublisherConfirm> {
+    let kind = task["kind"].as_str().unwrap_or_default();
+    let id = task["id"].as_str().unwrap_or_default();
+    let mut properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_correlation_id(id.into());
+    if let Some(queue) = reply_to {
+        properties = properties.with_reply_to(queue.into());
+    }
+    let body = serde_json::to_vec(task)?;
+    Ok(channel
+        .basic_publish(
+            exchange.into(),
+            kind.into(),
+            BasicPublishOptions::default(),
+            &body,
+            properties,
+        )
+        .await?)
+}
+
 /// Submits a task of `kind`; returns the exit code.
 pub(crate) async fn run(
     context: &Context_,
@@ -28,27 +58,15 @@ pub(crate) async fn run(
         task["priority"] = priority.into();
     }
     let channel = confirmed_channel(&context.connection).await?;
-    let mut properties = BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2)
-        .with_correlation_id(id.as_str().into());
+    let mut reply_to = None;
     let mut replies = None;
     if wait {
         let (queue, consumer) = private_consumer(&channel, &[]).await?;
-        properties = properties.with_reply_to(queue.as_str().into());
+        reply_to = Some(queue);
         replies = Some(consumer);
     }
     let exchange = context.topology.submit_exchange();
-    let body = serde_json::to_vec(&task)?;
-    let confirm = channel
-        .basic_publish(
-            exchange.as_str().into(),
-            kind.into(),
-            BasicPublishOptions::default(),
-            &body,
-            properties,
-        )
-        .await?;
+    let confirm = publish_task(&channel, &exchange, &task, reply_to.as_deref()).await?;
     check_confirmation(confirm.await?, &exchange)?;
     let Some(mut replies) = replies else {
         println!("{id}");
