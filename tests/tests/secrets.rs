@@ -5,19 +5,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use warren_tests::{TestEnv, binary, broker_url, wait_for};
+use warren_tests::{TestEnv, binary, broker_url, http_get, wait_for};
 
 const SECRET: &str = "Sup3rS3cretPassw0rd";
-
-async fn get(port: u16, path: &str) -> anyhow::Result<String> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    Ok(response)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passwords_stay_out_of_logs_metrics_and_errors() -> anyhow::Result<()> {
@@ -44,14 +34,14 @@ async fn passwords_stay_out_of_logs_metrics_and_errors() -> anyhow::Result<()> {
         "the dispatcher to be healthy",
         Duration::from_secs(30),
         || async {
-            get(port, "/healthz")
+            http_get(port, "/healthz")
                 .await
-                .is_ok_and(|r| r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.0 200"))
+                .is_ok_and(|(code, _)| code == 200)
         },
     )
     .await?;
     for path in ["/metrics", "/healthz"] {
-        let body = get(port, path).await?;
+        let (_, body) = http_get(port, path).await?;
         assert!(!body.contains(SECRET), "{path} shows the password");
     }
     let pid = dispatcher.id().context("running")?;
