@@ -117,6 +117,45 @@ pub struct TaskEvent {
 /// Results up to this size (as JSON) ride along on `task.succeeded` events.
 pub const EVENT_RESULT_MAX_BYTES: usize = 64 * 1024;
 
+/// The size of `value` as JSON if it is at most `max` bytes: counted without a buffer, and
+/// given up as soon as it passes `max`, so a large result costs no more than `max` bytes of
+/// serializing.
+pub fn json_len_within(value: &Value, max: usize) -> Option<usize> {
+    struct Counter {
+        len: usize,
+        max: usize,
+    }
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.len += bytes.len();
+            if self.len > self.max {
+                return Err(std::io::Error::other("over the limit"));
+            }
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter { len: 0, max };
+    serde_json::to_writer(&mut counter, value).ok()?;
+    Some(counter.len)
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn json_len_within_counts_and_stops_at_the_limit() {
+        let value = serde_json::json!({"a": [1, 2, 3], "b": "xyz"});
+        let exact = serde_json::to_vec(&value).unwrap().len();
+        assert_eq!(json_len_within(&value, exact), Some(exact));
+        assert_eq!(json_len_within(&value, exact - 1), None);
+        assert_eq!(json_len_within(&Value::Null, 4), Some(4));
+    }
+}
+
 /// A worker's life-cycle state, carried by heartbeats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use warren_common::events::json_len_within;
 
 /// Results kept for answering duplicates, in bytes of JSON at most (beyond it, only the
 /// outcome is kept).
@@ -167,12 +168,11 @@ impl Dedupe {
     /// Records how `id` ended; returns its kind and the submitters waiting for it.
     pub fn finished(&mut self, id: &str, mut outcome: Outcome) -> Option<(String, Vec<Waiter>)> {
         let entry = self.entries.get_mut(id)?;
-        let bytes = outcome
-            .result
-            .as_ref()
-            .map_or(0, |r| serde_json::to_vec(r).map_or(0, |b| b.len()));
+        let bytes = outcome.result.as_ref().map_or(0, |r| {
+            json_len_within(r, RESULT_BUDGET).unwrap_or(usize::MAX)
+        });
         self.result_bytes -= entry.bytes as usize;
-        if self.result_bytes + bytes <= RESULT_BUDGET {
+        if self.result_bytes.saturating_add(bytes) <= RESULT_BUDGET {
             entry.bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
             self.result_bytes += bytes;
         } else {

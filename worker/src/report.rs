@@ -13,7 +13,7 @@ use serde_json::Value;
 use warren_common::TaskEvent;
 use warren_common::broker::{check_confirmation, publish_result, publish_to_queue};
 use warren_common::envelope::TaskDefaults;
-use warren_common::events::EVENT_RESULT_MAX_BYTES;
+use warren_common::events::{EVENT_RESULT_MAX_BYTES, json_len_within};
 use warren_common::message::{header_str, with_attempts, with_header, with_reason};
 use warren_common::retry::{AttemptRecord, MAX_HISTORY, backoff};
 use warren_common::{BrokerError, HEADER_HISTORY, HEADER_NOT_BEFORE, Status, Task, TaskResult};
@@ -161,8 +161,7 @@ impl Report<'_> {
             .max(0) as u64;
         let (carried, omitted) = match &self.verdict {
             Verdict::Succeeded(value) => {
-                let small =
-                    serde_json::to_vec(value).map_or(0, |b| b.len()) <= EVENT_RESULT_MAX_BYTES;
+                let small = json_len_within(value, EVENT_RESULT_MAX_BYTES).is_some();
                 (Some(value).filter(|_| small), !small)
             }
             _ => (None, false),
