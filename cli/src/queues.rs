@@ -1,10 +1,10 @@
 //! `warren dead …` and `warren rejected …`: list, requeue (dead only) and purge. Listing reads
-//! messages without acking them and closes the channel, which puts them all back.
+//! messages without acking them and hands them all back.
 
 use anyhow::Result;
 use lapin::BasicProperties;
 use lapin::message::BasicGetMessage;
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueuePurgeOptions};
 use lapin::types::FieldTable;
 use warren_common::broker::{check_confirmation, inspect_queue, publish_to_queue};
 use warren_common::message::{attempts, header_str};
@@ -91,7 +91,24 @@ async fn list(context: &Context_, queue: &str, limit: usize) -> Result<i32> {
         );
     }
     println!("({} shown)", messages.len());
-    // Closing the channel hands every fetched message back to the queue.
+    // Hand every fetched message back, and wait until the queue counts them as ready again, so
+    // that a `warren status` right after sees the queue as it was (the broker requeues them
+    // asynchronously; a quorum queue can take a moment).
+    if let Some(last) = messages.last() {
+        let back = BasicNackOptions {
+            multiple: true,
+            requeue: true,
+        };
+        last.delivery.nack(back).await?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            let ready = inspect_queue(&channel, queue).await?.message_count() as usize;
+            if ready >= messages.len() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
     let _ = channel.close(200, "listed".into()).await;
     Ok(0)
 }
