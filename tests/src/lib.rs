@@ -480,6 +480,8 @@ pub fn binary(name: &str) -> Result<PathBuf> {
                     "warren-dispatcher",
                     "--bin",
                     "warren",
+                    "--bin",
+                    "warren-bench",
                     "--example",
                     "custom_handler",
                 ])
@@ -531,6 +533,8 @@ fn tracing_init() {
 pub struct Process {
     /// The child; `kill_on_drop` is set.
     pub child: tokio::process::Child,
+    /// What it is, for messages: the binary and its worker id, if any.
+    pub name: String,
 }
 
 impl Process {
@@ -558,10 +562,15 @@ impl Process {
             .envs(extra.iter().copied())
             .env("RUST_LOG", "warn")
             .kill_on_drop(true);
+        let label = extra
+            .iter()
+            .find(|(key, _)| *key == "WARREN__WORKER__ID")
+            .map_or_else(|| name.to_owned(), |(_, id)| format!("{name} {id}"));
         Ok(Process {
             child: command
                 .spawn()
                 .with_context(|| format!("starting {name}"))?,
+            name: label,
         })
     }
 
@@ -597,10 +606,36 @@ impl Process {
 
     /// Waits for the process to exit, at most `timeout`.
     pub async fn wait(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
-        tokio::time::timeout(timeout, self.child.wait())
-            .await
-            .with_context(|| format!("process still running after {timeout:?}"))?
-            .map_err(Into::into)
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => Ok(status?),
+            Err(_) => {
+                // Say where it is stuck: every thread's stack, by gdb, if it is installed.
+                let stacks = match self.child.id() {
+                    Some(pid) => std::process::Command::new("gdb")
+                        .args([
+                            "-p",
+                            &pid.to_string(),
+                            "-batch",
+                            "-ex",
+                            "thread apply all bt",
+                        ])
+                        .output()
+                        .map(|out| {
+                            let (stdout, stderr) = (
+                                String::from_utf8_lossy(&out.stdout),
+                                String::from_utf8_lossy(&out.stderr),
+                            );
+                            format!("{stdout}{stderr}")
+                        })
+                        .unwrap_or_else(|err| format!("(no gdb: {err})")),
+                    None => String::new(),
+                };
+                anyhow::bail!(
+                    "{} still running after {timeout:?}; its threads:\n{stacks}",
+                    self.name
+                )
+            }
+        }
     }
 }
 
