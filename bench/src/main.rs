@@ -2,8 +2,9 @@
 //!
 //! One run measures, each phase on a fresh topology prefix deleted at its end: `raw` (publish
 //! with confirms into a quorum queue, consume with acks), `relay` (a bare two-stage relay
-//! through two quorum queues with a reply), and `pipeline` (the real dispatcher and worker
-//! binaries running `noop` tasks). `warren-bench backlog` fills warren with a backlog while no
+//! through two quorum queues with a reply), `floor` (the broker work the wire contract implies:
+//! three quorum queues, a reply and four events), and `pipeline` (the real dispatcher and
+//! worker binaries running `noop` tasks). `warren-bench backlog` fills warren with a backlog while no
 //! worker runs, then drains it, sampling the dispatcher's memory.
 
 mod backlog;
@@ -39,7 +40,11 @@ struct Cli {
     #[arg(short = 'n', long = "messages", default_value_t = 20_000)]
     messages: usize,
     /// Phases to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "raw,relay,pipeline")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "raw,relay,floor,pipeline"
+    )]
     phases: Vec<Phase>,
     /// Submit pipeline tasks open-loop at this many per second (default: as fast as confirms
     /// allow), to measure latency below saturation.
@@ -66,6 +71,8 @@ enum Phase {
     Raw,
     /// Two quorum queues, a confirmed relay between them, a reply at the end.
     Relay,
+    /// Three quorum queues, a reply and four events per message: the contract's broker work.
+    Floor,
     /// The real dispatcher and workers.
     Pipeline,
 }
@@ -144,7 +151,13 @@ async fn run_phases(cli: &Cli, settings: &Settings, progress: &Progress) -> Resu
         progress.note(&format!(
             "relay: {n} messages through two quorum queues and a reply"
         ));
-        report.relay = Some(Measured::of(relay::run(settings, n, progress)).await);
+        report.relay = Some(Measured::of(relay::run(settings, n, relay::RELAY, progress)).await);
+    }
+    if cli.phases.contains(&Phase::Floor) {
+        progress.note(&format!(
+            "floor: {n} messages through three quorum queues, a reply and four events"
+        ));
+        report.floor = Some(Measured::of(relay::run(settings, n, relay::FLOOR, progress)).await);
     }
     if cli.phases.contains(&Phase::Pipeline) {
         let binaries = Binaries::locate(settings.bin_dir.as_deref(), settings.rebuild)?;

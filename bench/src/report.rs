@@ -72,6 +72,10 @@ pub(crate) struct Ratios {
     pub(crate) relay_over_raw: Option<f64>,
     /// Pipeline tasks/s over relay messages/s.
     pub(crate) pipeline_over_relay: Option<f64>,
+    /// Floor messages/s over raw messages/s.
+    pub(crate) floor_over_raw: Option<f64>,
+    /// Pipeline tasks/s over floor messages/s: how close warren is to the contract's own cost.
+    pub(crate) pipeline_over_floor: Option<f64>,
 }
 
 /// Everything one normal run measured.
@@ -93,6 +97,8 @@ pub(crate) struct RunReport {
     pub(crate) raw: Option<Measured<Throughput>>,
     /// Phase `relay`.
     pub(crate) relay: Option<Measured<Throughput>>,
+    /// Phase `floor`.
+    pub(crate) floor: Option<Measured<Throughput>>,
     /// Phase `pipeline`.
     pub(crate) pipeline: Option<Measured<PipelineFigures>>,
     /// Ratios between the phases' rates.
@@ -111,6 +117,7 @@ impl RunReport {
             rate,
             raw: None,
             relay: None,
+            floor: None,
             pipeline: None,
             ratios: Ratios::default(),
         }
@@ -121,7 +128,7 @@ impl RunReport {
         let rate = |phase: &Option<Measured<Throughput>>| {
             phase.as_ref()?.figures.as_ref().map(|t| t.per_second)
         };
-        let (raw, relay) = (rate(&self.raw), rate(&self.relay));
+        let (raw, relay, floor) = (rate(&self.raw), rate(&self.relay), rate(&self.floor));
         // An open-loop pipeline runs at the offered rate, not at its maximum: no ratio then.
         let pipeline = self
             .pipeline
@@ -133,6 +140,8 @@ impl RunReport {
             pipeline_over_raw: ratio(pipeline, raw),
             relay_over_raw: ratio(relay, raw),
             pipeline_over_relay: ratio(pipeline, relay),
+            floor_over_raw: ratio(floor, raw),
+            pipeline_over_floor: ratio(pipeline, floor),
         };
     }
 }
@@ -158,6 +167,9 @@ pub(crate) fn print_run(report: &RunReport, json: bool) -> Result<()> {
     if let Some(relay) = &report.relay {
         row("relay", relay, relay.figures.as_ref());
     }
+    if let Some(floor) = &report.floor {
+        row("floor", floor, floor.figures.as_ref());
+    }
     if let Some(pipeline) = &report.pipeline {
         row(
             "pipeline",
@@ -168,10 +180,12 @@ pub(crate) fn print_run(report: &RunReport, json: bool) -> Result<()> {
     let r = &report.ratios;
     println!();
     println!(
-        "ratios: pipeline/raw {}   relay/raw {}   pipeline/relay {}",
+        "ratios: pipeline/raw {}   relay/raw {}   pipeline/relay {}   floor/raw {}   pipeline/floor {}",
         opt(r.pipeline_over_raw, 3),
         opt(r.relay_over_raw, 3),
-        opt(r.pipeline_over_relay, 3)
+        opt(r.pipeline_over_relay, 3),
+        opt(r.floor_over_raw, 3),
+        opt(r.pipeline_over_floor, 3)
     );
     if let Some(pipeline) = &report.pipeline
         && let Some(p) = &pipeline.figures

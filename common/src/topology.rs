@@ -134,19 +134,8 @@ impl Topology {
 
     /// Declares the exchanges and shared queues. Safe to run any number of times.
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        };
         for exchange in [self.submit_exchange(), self.events_exchange()] {
-            channel
-                .exchange_declare(
-                    exchange.as_str().into(),
-                    ExchangeKind::Topic,
-                    durable,
-                    FieldTable::default(),
-                )
-                .await?;
+            declare_topic_exchange(channel, &exchange).await?;
         }
         for queue in &self.task_queues() {
             declare_quorum(channel, queue).await?;
@@ -182,17 +171,7 @@ impl Topology {
         channel: &Channel,
         worker_id: &str,
     ) -> lapin::Result<()> {
-        channel
-            .exchange_declare(
-                self.events_exchange().as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        declare_topic_exchange(channel, &self.events_exchange()).await?;
         self.declare_worker_queue(channel, worker_id).await
     }
 
@@ -204,6 +183,22 @@ impl Topology {
     ) -> lapin::Result<()> {
         declare_quorum(channel, &self.worker_queue(worker_id)).await
     }
+}
+
+/// Declares a durable topic exchange.
+pub async fn declare_topic_exchange(channel: &Channel, name: &str) -> lapin::Result<()> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            name.into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await
 }
 
 /// Declares a durable quorum queue.
