@@ -13,33 +13,46 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// How often, and how many times, to look for the worker's consumer to be gone.
+/// How often to look for the worker's consumer to be gone.
 const POLL: Duration = Duration::from_millis(250);
-const POLLS: u32 = 240;
 
-/// Moves every task of `queue` back to the priority queues and deletes it. Gives up (leaving
-/// the queue alone) if a consumer stays attached, which means the worker is alive after all.
+/// How long the dispatcher waits for a dead worker's consumer to go before leaving its queue
+/// alone (the worker may be alive after all).
+pub const DISPATCHER_PATIENCE: Duration = Duration::from_secs(60);
+
+/// How long a leaving worker waits for its own, cancelled, consumer to be gone from the count.
+/// A consumer connected through a broker node that went down stays counted until that node is
+/// back, so a worker that waited as long as the dispatcher could miss its orchestrator's stop
+/// deadline; it leaves the queue to the dispatcher instead.
+pub const WORKER_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Moves every task of `queue` back to the priority queues and deletes it: `Some(moved)` (0 if
+/// it was gone already). `None` if it left the queue alone: a consumer stayed attached for
+/// `patience` (the worker is alive after all, or the broker still counts a consumer it lost),
+/// or `stop` fired.
 pub async fn reclaim(
     connection: &Connection,
     topology: &Topology,
     queue: &str,
+    patience: Duration,
     stop: &CancellationToken,
-) -> Result<usize, BrokerError> {
-    for _ in 0..POLLS {
+) -> Result<Option<usize>, BrokerError> {
+    let polls = (patience.as_millis() / POLL.as_millis()).max(1);
+    for _ in 0..polls {
         // A passive declare of a missing queue closes the channel: use a fresh one each time.
         let probe = connection.create_channel().await?;
         let declared = inspect_queue(&probe, queue).await;
         let Ok(state) = declared else {
-            return Ok(0); // already gone
+            return Ok(Some(0)); // already gone
         };
         let _ = probe.close(200, "probe done".into()).await;
         if state.consumer_count() == 0 {
             let moved = move_all(connection, topology, queue).await?;
             info!(queue, moved, "reclaimed a departed worker's queue");
-            return Ok(moved);
+            return Ok(Some(moved));
         }
         tokio::select! {
-            () = stop.cancelled() => return Ok(0),
+            () = stop.cancelled() => return Ok(None),
             () = tokio::time::sleep(POLL) => {}
         }
     }
@@ -47,7 +60,7 @@ pub async fn reclaim(
         queue,
         "a consumer is still attached to a departed worker's queue; leaving it"
     );
-    Ok(0)
+    Ok(None)
 }
 
 async fn move_all(

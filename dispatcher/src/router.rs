@@ -490,7 +490,8 @@ impl Router<'_> {
                 Ok(connection) => connection,
                 Err(err) => return warn!(%queue, cause = %err, "cannot reclaim a worker queue now"),
             };
-            if let Err(err) = reclaim(&connection, &topology, &queue, &stop).await {
+            let patience = warren_common::reclaim::DISPATCHER_PATIENCE;
+            if let Err(err) = reclaim(&connection, &topology, &queue, patience, &stop).await {
                 warn!(%queue, cause = %err, "reclaiming a worker queue failed");
             }
         });

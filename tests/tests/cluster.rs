@@ -1,6 +1,7 @@
-//! Broker node death: on the local 3-node cluster (scripts/cluster.sh), 10,000 tasks flow while
-//! the node leading the most queues is killed and later restarted. Every task completes, and
-//! nothing the broker confirmed to the client is lost.
+//! Broker node death on the local 3-node cluster (scripts/cluster.sh): 10,000 tasks flow while
+//! the node leading the most queues is killed and later restarted (every task completes, and
+//! nothing the broker confirmed to the client is lost); the chaos run; a worker stopped while a
+//! node is down.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -182,6 +183,79 @@ async fn chaos_kills_a_worker_the_leader_and_a_broker_node_in_one_run() -> anyho
         process.wait(Duration::from_secs(60)).await?;
     }
     let _ = leader.wait(Duration::from_secs(5)).await;
+    env.cleanup().await?;
+    drop(cluster);
+    Ok(())
+}
+
+/// A worker stopped while a broker node is down: the broker still counts the consumer it had
+/// through that node (until the node is back), so the worker cannot see its queue free. It
+/// stops within its patience anyway, says no goodbye, and the dispatcher reclaims its queue
+/// once the node is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_while_a_node_is_down_leaves_its_queue_to_the_dispatcher()
+-> anyhow::Result<()> {
+    use warren_tests::Process;
+    let _one_cluster_at_a_time = CLUSTER_LOCK.lock().await;
+    let cluster = Cluster::up()?;
+    let urls = cluster.urls();
+    // The client, and so the worker queue's leader (declared here first), on node 3; the
+    // dispatcher and the worker connect through node 2 first.
+    let env = TestEnv::on(
+        "stalequeue",
+        vec![urls[1].clone(), urls[2].clone()],
+        &urls[2],
+    )
+    .await?;
+    let queue = env.topology.worker_queue("w1");
+    env.topology
+        .declare_worker_queue(&env.channel, "w1")
+        .await?;
+    let dispatcher = env.dispatcher();
+    let mut worker = Process::start(
+        &env,
+        "warren-worker",
+        &[("WARREN__WORKER__ID", "w1"), ("RUST_LOG", "info")],
+    )?;
+    let mut replies = env.reply_queue().await?;
+    env.submit(json!({"id": "before", "kind": "noop"}), &replies.name)
+        .await?;
+    replies
+        .collect(&["before".into()], Duration::from_secs(60))
+        .await?;
+
+    cluster.run(&["kill", "2"])?;
+    // The worker reconnects through node 3 and consumes again; the broker counts its old
+    // consumer too.
+    warren_tests::wait_for(
+        "the worker's new consumer beside the one lost with node 2",
+        Duration::from_secs(60),
+        || async { env.consumers(&queue).await.unwrap_or(0) == 2 },
+    )
+    .await?;
+    let asked = std::time::Instant::now();
+    worker.terminate()?;
+    let status = worker.wait(Duration::from_secs(30)).await?;
+    anyhow::ensure!(status.success(), "worker exited with {status}");
+    eprintln!(
+        "worker stopped {:.1} s after SIGTERM",
+        asked.elapsed().as_secs_f64()
+    );
+    anyhow::ensure!(
+        env.consumers(&queue).await? == 1,
+        "the stale consumer should still be counted while node 2 is down"
+    );
+
+    cluster.run(&["start", "2"])?;
+    // No goodbye was said: the dispatcher declares the worker dead and, with node 2 back and
+    // the stale consumer gone, deletes its queue.
+    warren_tests::wait_for(
+        "the dispatcher to reclaim the worker's queue",
+        Duration::from_secs(120),
+        || async { env.consumers(&queue).await.is_err() },
+    )
+    .await?;
+    dispatcher.stop().await?;
     env.cleanup().await?;
     drop(cluster);
     Ok(())

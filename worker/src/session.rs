@@ -11,7 +11,7 @@ use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
-use warren_common::reclaim::reclaim;
+use warren_common::reclaim::{WORKER_PATIENCE, reclaim};
 use warren_common::{BrokerError, Pool, WorkerState, confirmed_channel};
 
 use crate::{Worker, execute, heartbeat};
@@ -153,19 +153,30 @@ async fn session(
         tasks.wait().await;
     }
     // Tasks handed back, and any that arrived after the dispatcher last routed here, go back
-    // to their priority queues; the queue itself goes away with the worker. If this fails, no
-    // goodbye is said, and the dispatcher reclaims the queue when the heartbeats stop.
+    // to their priority queues; the queue itself goes away with the worker. If this fails or
+    // gives up, no goodbye is said, and the dispatcher reclaims the queue when the heartbeats
+    // stop.
     let moved = reclaim(
         connection,
         &worker.topology,
         &status.queue,
+        WORKER_PATIENCE,
         &CancellationToken::new(),
     )
     .await?;
-    if moved > 0 {
-        info!(moved, "handed tasks back to the priority queues");
-    }
     session_over.cancel();
+    match moved {
+        Some(0) => {}
+        Some(moved) => info!(moved, "handed tasks back to the priority queues"),
+        None => {
+            warn!(
+                "the broker still counts a consumer on this worker's queue; leaving the queue to the dispatcher"
+            );
+            let _ = publisher.close(200, "worker stopped".into()).await;
+            let _ = consume_channel.close(200, "worker stopped".into()).await;
+            return Ok(Ended::Drained);
+        }
+    }
     status.set_state(WorkerState::Offline);
     heartbeat::publish(&publisher, &worker.topology, status, false).await?;
     // Close channels before the connection: lapin closes dropped channels in the background,
