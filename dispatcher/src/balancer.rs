@@ -84,6 +84,8 @@ mod tests {
             last_seen: Instant::now(),
             outstanding: HashMap::new(),
             used,
+            lookahead: 0,
+            mean_run_ms: None,
         }
     }
 

@@ -93,8 +93,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Disp
         fast_path: std::sync::atomic::AtomicBool::new(false),
         room: std::sync::atomic::AtomicBool::new(false),
     });
-    let mut registry = Registry::new(timeout);
     let config = &dispatcher.config.dispatcher;
+    let mut registry =
+        Registry::new(timeout).with_lookahead(Duration::from_millis(config.lookahead_ms));
     let mut dedupe = dedupe::Dedupe::new(
         Duration::from_millis(config.dedupe_window_ms),
         config.dedupe_max,

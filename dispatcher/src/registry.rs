@@ -29,6 +29,11 @@ pub struct WorkerEntry {
     pub outstanding: HashMap<String, Outstanding>,
     /// Units used by the outstanding tasks (the sum of their costs).
     pub used: u32,
+    /// Tasks it may be sent beyond its free slots, to wait in its queue (see
+    /// [`Registry::with_lookahead`]); follows its mean run time.
+    pub lookahead: u32,
+    /// Mean run time of its recent attempts in milliseconds (moving average), once one ended.
+    pub mean_run_ms: Option<f64>,
 }
 
 /// A task a worker holds, as far as the dispatcher knows.
@@ -41,14 +46,30 @@ pub struct Outstanding {
 }
 
 impl WorkerEntry {
-    /// Free capacity units.
+    /// Free capacity units: what it can start running at once.
+    pub fn free(&self) -> u32 {
+        self.credit_within(0)
+    }
+
+    /// Units it may be sent now: its free units plus its lookahead (tasks that wait in its
+    /// queue for a slot).
     pub fn credit(&self) -> u32 {
+        self.credit_within(self.lookahead)
+    }
+
+    fn credit_within(&self, lookahead: u32) -> u32 {
         let tasks = u32::try_from(self.outstanding.len()).unwrap_or(u32::MAX);
-        if tasks >= self.concurrency {
+        if tasks >= self.concurrency.saturating_add(lookahead) {
+            return 0;
+        }
+        // The lookahead in units: as many as that many tasks of average cost occupy.
+        let units = if self.concurrency == 0 {
             0
         } else {
-            self.capacity.saturating_sub(self.used)
-        }
+            (u64::from(lookahead) * u64::from(self.capacity)).div_ceil(u64::from(self.concurrency))
+        };
+        let limit = u64::from(self.capacity) + units;
+        u32::try_from(limit.saturating_sub(u64::from(self.used))).unwrap_or(u32::MAX)
     }
 
     /// Fraction of its capacity in use, 0.0–1.0.
@@ -66,9 +87,30 @@ impl WorkerEntry {
         self.kinds.contains(kind) && requires.iter().all(|tag| self.tags.contains(tag))
     }
 
-    /// Whether it may be sent a task of `kind`, requiring `requires`, costing `cost`, now.
+    /// Whether it may be sent a task of `kind`, requiring `requires`, costing `cost`, now
+    /// (to run at once or, within its lookahead, to wait in its queue).
     pub fn can_take(&self, kind: &str, requires: &[String], cost: u32) -> bool {
-        self.state == WorkerState::Online && self.credit() >= cost && self.is_able(kind, requires)
+        self.state == WorkerState::Online
+            && cost <= self.capacity
+            && self.credit() >= cost
+            && self.is_able(kind, requires)
+    }
+
+    /// Records how long an attempt ran on it and resizes its lookahead: the number of tasks
+    /// it finishes, at its mean run time, in `lookahead` — at most [`LOOKAHEAD_SLOTS`] times
+    /// its concurrency, none while its run time is unknown.
+    fn ran(&mut self, duration_ms: f64, lookahead: Duration) {
+        let mean = match self.mean_run_ms {
+            None => duration_ms,
+            Some(mean) => mean + RUN_TIME_WEIGHT * (duration_ms - mean),
+        };
+        self.mean_run_ms = Some(mean);
+        let concurrency = f64::from(self.concurrency);
+        let cap = concurrency * f64::from(LOOKAHEAD_SLOTS);
+        let window = lookahead.as_secs_f64() * 1000.0;
+        // A run time under 0.1 ms (reported as 0) counts as 0.1 ms.
+        let tasks = (concurrency * window / mean.max(0.1)).floor().min(cap);
+        self.lookahead = if window > 0.0 { tasks as u32 } else { 0 };
     }
 
     fn add(&mut self, task: &str, outstanding: Outstanding) {
@@ -109,6 +151,11 @@ struct Recent {
 /// Finished task ids remembered at most.
 const RECENT: usize = 20_000;
 
+pub use warren_common::config::LOOKAHEAD_SLOTS;
+
+/// Weight of the newest run time in a worker's moving average.
+const RUN_TIME_WEIGHT: f64 = 0.2;
+
 /// All known workers.
 #[derive(Debug, Clone)]
 pub struct Registry {
@@ -118,6 +165,8 @@ pub struct Registry {
     timeout: Duration,
     /// Tasks finished lately.
     recent: Recent,
+    /// Work (in mean run time) a worker's queue may hold beyond its free slots.
+    lookahead: Duration,
 }
 
 impl Registry {
@@ -127,7 +176,17 @@ impl Registry {
             workers: BTreeMap::new(),
             timeout,
             recent: Recent::default(),
+            lookahead: Duration::ZERO,
         }
+    }
+
+    /// Lets each worker be sent, beyond its free slots, about `lookahead` of work at its mean
+    /// run time, waiting in its queue: a worker of short tasks then never idles while the
+    /// dispatcher hears of a finished task and sends the next. A more urgent task can wait
+    /// behind that queued work, so this also bounds the extra delay ordering may cost.
+    pub fn with_lookahead(mut self, lookahead: Duration) -> Registry {
+        self.lookahead = lookahead;
+        self
     }
 
     /// Records a heartbeat. Outstanding tasks the worker no longer reports, and that were sent
@@ -154,6 +213,8 @@ impl Registry {
                 last_seen: now,
                 outstanding: HashMap::new(),
                 used: 0,
+                lookahead: 0,
+                mean_run_ms: None,
             });
         entry.queue.clone_from(&beat.queue);
         entry.kinds = beat.kinds.iter().cloned().collect();
@@ -167,10 +228,16 @@ impl Registry {
         entry.state = beat.state;
         entry.last_seen = now;
         let running: BTreeSet<&String> = beat.running.iter().collect();
+        // Only a worker with a free slot has taken everything its queue held: then a task sent
+        // long ago that it does not report has ended (its event was lost). A full worker may
+        // still have tasks waiting in its queue (a lookahead), unseen by it.
+        let has_room = running.len() < beat.concurrency as usize;
         let forgotten: Vec<String> = entry
             .outstanding
             .iter()
-            .filter(|(id, held)| !running.contains(id) && now.duration_since(held.since) >= timeout)
+            .filter(|(id, held)| {
+                has_room && !running.contains(id) && now.duration_since(held.since) >= timeout
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in forgotten {
@@ -206,6 +273,14 @@ impl Registry {
     pub fn released(&mut self, worker: &str, task: &str) {
         if let Some(entry) = self.workers.get_mut(worker) {
             entry.remove(task);
+        }
+    }
+
+    /// Records that an attempt on `worker` ran `duration_ms`.
+    pub fn ran(&mut self, worker: &str, duration_ms: f64) {
+        let lookahead = self.lookahead;
+        if let Some(entry) = self.workers.get_mut(worker) {
+            entry.ran(duration_ms, lookahead);
         }
     }
 
@@ -336,6 +411,24 @@ mod tests {
     }
 
     #[test]
+    fn a_full_worker_keeps_the_tasks_queued_for_it() {
+        let start = Instant::now();
+        let mut registry = Registry::new(Duration::from_secs(3));
+        registry.heartbeat(&beat("a", &["echo"], &[], &[]), start);
+        for id in ["long1", "long2", "queued"] {
+            registry.dispatched("a", id, 1, start);
+        }
+        // Both slots busy with long tasks: "queued" waits in its queue, unreported, for longer
+        // than the timeout, and is not forgotten.
+        let later = start + Duration::from_secs(10);
+        registry.heartbeat(&beat("a", &["echo"], &[], &["long1", "long2"]), later);
+        assert_eq!(registry.get("a").unwrap().outstanding.len(), 3);
+        // Once it has a free slot, an unreported old task is gone.
+        registry.heartbeat(&beat("a", &["echo"], &[], &["long1"]), later);
+        assert_eq!(registry.get("a").unwrap().outstanding.len(), 1);
+    }
+
+    #[test]
     fn remembers_running_and_finished_tasks() {
         let now = Instant::now();
         let mut registry = Registry::new(Duration::from_secs(3));
@@ -361,6 +454,65 @@ mod tests {
         assert!((entry.load() - 0.75).abs() < 1e-9);
         registry.released("big", "heavy");
         assert_eq!(registry.get("big").unwrap().credit(), 8);
+    }
+
+    #[test]
+    fn lookahead_follows_the_mean_run_time() {
+        let now = Instant::now();
+        let mut registry =
+            Registry::new(Duration::from_secs(3)).with_lookahead(Duration::from_millis(20));
+        let mut w = beat("w", &["echo"], &[], &[]);
+        w.concurrency = 4;
+        registry.heartbeat(&w, now);
+        // Unknown run time: exactly the free slots.
+        for i in 0..4 {
+            registry.dispatched("w", &format!("t{i}"), 1, now);
+        }
+        let entry = registry.get("w").unwrap();
+        assert_eq!((entry.free(), entry.credit()), (0, 0));
+        // 10 ms tasks: 4 slots x 20 ms / 10 ms = 8 more may wait in its queue.
+        registry.ran("w", 10.0);
+        let entry = registry.get("w").unwrap();
+        assert_eq!((entry.free(), entry.lookahead, entry.credit()), (0, 8, 8));
+        // Instant tasks: capped at LOOKAHEAD_SLOTS x concurrency.
+        for _ in 0..50 {
+            registry.ran("w", 0.0);
+        }
+        assert_eq!(registry.get("w").unwrap().lookahead, 4 * LOOKAHEAD_SLOTS);
+        // Long tasks: the average moves towards them and the lookahead goes to 0.
+        for _ in 0..50 {
+            registry.ran("w", 1_000.0);
+        }
+        let entry = registry.get("w").unwrap();
+        assert_eq!(entry.lookahead, 0);
+        assert!(!entry.can_take("echo", &[], 1));
+        // No lookahead configured: none, however short the tasks.
+        let mut strict = Registry::new(Duration::from_secs(3));
+        strict.heartbeat(&w, now);
+        strict.ran("w", 0.0);
+        assert_eq!(strict.get("w").unwrap().lookahead, 0);
+    }
+
+    #[test]
+    fn lookahead_in_capacity_units() {
+        let now = Instant::now();
+        let mut registry =
+            Registry::new(Duration::from_secs(3)).with_lookahead(Duration::from_millis(20));
+        let mut big = beat("big", &["render"], &[], &[]);
+        big.concurrency = 4;
+        big.capacity = 8;
+        registry.heartbeat(&big, now);
+        registry.ran("big", 20.0);
+        // 4 tasks of lookahead at 2 units a task on average: 8 units beyond the 8 it has.
+        registry.dispatched("big", "heavy", 6, now);
+        let entry = registry.get("big").unwrap();
+        assert_eq!((entry.free(), entry.credit()), (2, 10));
+        // Never a task bigger than the worker, whatever the credit.
+        assert!(entry.can_take("render", &[], 8) && !entry.can_take("render", &[], 9));
+        registry.dispatched("big", "queued", 6, now);
+        let entry = registry.get("big").unwrap();
+        assert_eq!((entry.free(), entry.credit()), (0, 4));
+        assert!(entry.can_take("render", &[], 4) && !entry.can_take("render", &[], 5));
     }
 
     #[test]

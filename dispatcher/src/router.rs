@@ -125,6 +125,7 @@ impl Router<'_> {
                 }
                 if let Some((kind, duration_ms)) = ran {
                     self.scheduler.observe(&kind, duration_ms as f64);
+                    self.registry.ran(&worker, duration_ms as f64);
                 }
                 if let Some(outcome) = outcome {
                     self.answer_waiters(&task, *outcome);

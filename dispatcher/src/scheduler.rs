@@ -177,8 +177,12 @@ impl<H> Scheduler<H> {
         };
         let position = first[level]?;
         let task = &self.levels[level][position].task;
-        let candidates: Vec<&WorkerEntry> =
+        let mut candidates: Vec<&WorkerEntry> =
             registry.workers().filter(|w| can_take(w, task)).collect();
+        // A worker that can start it at once beats queueing it behind a busy one.
+        if candidates.iter().any(|w| w.free() >= task.cost) {
+            candidates.retain(|w| w.free() >= task.cost);
+        }
         let worker = self.balancer.pick(&candidates, &mut self.rng)?;
         let (worker, queue) = (worker.id.clone(), worker.queue.clone());
         let held = self.levels[level].remove(position);

@@ -326,3 +326,53 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn lookahead_queues_only_when_no_worker_has_a_free_slot() {
+    let mut registry = registry(&[("a", &["echo"], &[], 2), ("b", &["echo"], &[], 2)]);
+    registry = registry.with_lookahead(Duration::from_millis(20));
+    // `a` runs 1 ms tasks (lookahead 2 x 20 / 1 = 40, capped at 3 x 2 = 6); `b` 1 s tasks
+    // (none).
+    registry.ran("a", 1.0);
+    registry.ran("b", 1_000.0);
+    let mut scheduler = Scheduler::new(
+        3,
+        &config(PolicyName::Priority, BalancerName::RoundRobin),
+        1,
+    );
+    let t = Instant::now();
+    for i in 0..12 {
+        let arrived = t + Duration::from_millis(i);
+        scheduler.push(1, held(task(&format!("t{i:02}"), "echo", &[], arrived)));
+    }
+    let order = drain(&mut scheduler, &mut registry);
+    let on = |worker: &str| order.iter().filter(|(_, w)| w == worker).count();
+    // The four free slots first, round robin; then only `a` queues more, up to its lookahead.
+    let first: Vec<&str> = order[..4].iter().map(|(_, w)| w.as_str()).collect();
+    assert_eq!(first, ["a", "b", "a", "b"]);
+    assert_eq!((on("a"), on("b")), (2 + 6, 2));
+    assert_eq!(scheduler.held().iter().sum::<usize>(), 2);
+}
+
+#[test]
+fn a_free_slot_beats_a_queue_behind_a_busy_worker() {
+    for balancer in [
+        BalancerName::RoundRobin,
+        BalancerName::Random,
+        BalancerName::LeastLoaded,
+        BalancerName::PowerOfTwo,
+    ] {
+        let mut registry = registry(&[("a", &["echo"], &[], 2), ("b", &["echo"], &[], 2)]);
+        registry = registry.with_lookahead(Duration::from_millis(20));
+        registry.ran("a", 0.0);
+        let now = Instant::now();
+        registry.dispatched("a", "x", 1, now);
+        registry.dispatched("a", "y", 1, now);
+        registry.dispatched("b", "z", 1, now);
+        // `a` is busy but may queue 6 more; `b` has one free slot.
+        let mut scheduler = Scheduler::new(3, &config(PolicyName::Priority, balancer), 1);
+        scheduler.push(1, held(task("t", "echo", &[], now)));
+        let order = drain(&mut scheduler, &mut registry);
+        assert_eq!(order[0], ("t".to_owned(), "b".to_owned()), "{balancer:?}");
+    }
+}

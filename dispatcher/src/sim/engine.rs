@@ -75,6 +75,8 @@ pub fn simulate(tasks: &[SimTask], workers: &[WorkerSpec], setup: &Setup<'_>) ->
             last_seen: base,
             outstanding: HashMap::new(),
             used: 0,
+            lookahead: 0,
+            mean_run_ms: None,
         });
     }
     let index_of: HashMap<&str, usize> = workers
