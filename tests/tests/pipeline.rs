@@ -133,6 +133,199 @@ async fn a_worker_never_runs_more_than_its_concurrency() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_keeps_within_its_slots_and_units_whatever_its_queue_holds() -> anyhow::Result<()>
+{
+    // No dispatcher: tasks are put straight into the worker's queue, as a dispatcher's
+    // lookahead (or one that adopted tasks of unknown cost) may have queued them, and the worker
+    // prefetches more than its slots. 3 slots and 4 units: tasks costing 2 run 2 at once (units
+    // bind), tasks costing 1 run 3 at once (slots bind).
+    let env = TestEnv::new("capacity").await?;
+    let units = Arc::new(AtomicUsize::new(0));
+    let tasks_running = Arc::new(AtomicUsize::new(0));
+    let peaks = Arc::new(std::sync::Mutex::new((0usize, 0usize)));
+    let mut probe = Registry::new();
+    {
+        let (units, tasks_running, peaks) = (units.clone(), tasks_running.clone(), peaks.clone());
+        probe.register("heavy", move |task: TaskContext| {
+            let (units, tasks_running, peaks) =
+                (units.clone(), tasks_running.clone(), peaks.clone());
+            async move {
+                let cost = task.payload.as_u64().unwrap_or(1) as usize;
+                let now_units = units.fetch_add(cost, Ordering::SeqCst) + cost;
+                let now_tasks = tasks_running.fetch_add(1, Ordering::SeqCst) + 1;
+                {
+                    let mut peaks = peaks.lock().unwrap();
+                    peaks.0 = peaks.0.max(now_units);
+                    peaks.1 = peaks.1.max(now_tasks);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                tasks_running.fetch_sub(1, Ordering::SeqCst);
+                units.fetch_sub(cost, Ordering::SeqCst);
+                Ok::<_, HandlerError>(Value::Null)
+            }
+        });
+    }
+    let mut config = env.config.clone();
+    config.worker.id = Some("small".into());
+    config.worker.concurrency = 3;
+    config.worker.capacity = Some(4);
+    let worker = env.worker_with(config, probe);
+    let queue = env.topology.worker_queue("small");
+    wait_consuming(&env, &queue).await?;
+    let mut replies = env.reply_queue().await?;
+    for (cost, expected) in [(2, (4, 2)), (1, (3, 3))] {
+        *peaks.lock().unwrap() = (0, 0);
+        let batch: Vec<Value> = (0..9)
+            .map(|i| json!({ "id": format!("cost{cost}-{i}"), "kind": "heavy", "cost": cost, "payload": cost }))
+            .collect();
+        queue_directly(&env, &queue, &batch, &replies.name).await?;
+        let results = replies
+            .collect(&ids(&batch), Duration::from_secs(60))
+            .await?;
+        assert!(results.values().all(|r| r[0].status == Status::Succeeded));
+        let peaks = *peaks.lock().unwrap();
+        assert_eq!(peaks, expected, "cost {cost}: peak (units, tasks) running");
+    }
+    worker.stop().await?;
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_starts_the_tasks_it_holds_in_the_order_they_were_queued() -> anyhow::Result<()> {
+    // The dispatcher decides the order of a worker's queue; the worker must keep it, though it
+    // holds several deliveries at once (it prefetches more than its slots) and each runs in its
+    // own tokio task. One slot; the first task waits until all are queued, so the rest pile up.
+    let env = TestEnv::new("inorder").await?;
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut probe = Registry::new();
+    {
+        let (order, gate) = (order.clone(), gate.clone());
+        probe.register("seq", move |task: TaskContext| {
+            let (order, gate) = (order.clone(), gate.clone());
+            async move {
+                let n = task.payload.as_u64().unwrap_or(0);
+                if n == 0 {
+                    let _ = gate.acquire().await;
+                }
+                order.lock().unwrap().push(n);
+                Ok::<_, HandlerError>(Value::Null)
+            }
+        });
+    }
+    let mut config = env.config.clone();
+    config.worker.id = Some("inorder".into());
+    config.worker.concurrency = 1;
+    let worker = env.worker_with(config, probe);
+    let queue = env.topology.worker_queue("inorder");
+    wait_consuming(&env, &queue).await?;
+    let mut replies = env.reply_queue().await?;
+    let batch: Vec<Value> = (0..300)
+        .map(|i| json!({ "id": format!("seq-{i}"), "kind": "seq", "payload": i }))
+        .collect();
+    queue_directly(&env, &queue, &batch, &replies.name).await?;
+    gate.add_permits(1);
+    let results = replies
+        .collect(&ids(&batch), Duration::from_secs(60))
+        .await?;
+    assert!(results.values().all(|r| r[0].status == Status::Succeeded));
+    let order = order.lock().unwrap().clone();
+    let misplaced: Vec<_> = order.windows(2).filter(|pair| pair[0] > pair[1]).collect();
+    assert!(misplaced.is_empty(), "started out of order: {misplaced:?}");
+    worker.stop().await?;
+    env.cleanup().await
+}
+
+/// Waits until a worker consumes its `queue` (it declares the queue as it starts).
+async fn wait_consuming(env: &TestEnv, queue: &str) -> anyhow::Result<()> {
+    warren_tests::wait_for("the worker to consume", Duration::from_secs(20), || async {
+        env.consumers(queue).await.unwrap_or(0) == 1
+    })
+    .await
+}
+
+/// Puts `tasks` straight into a worker's `queue`, in the dispatcher's normalized form, with
+/// results going to `reply_to`.
+async fn queue_directly(
+    env: &TestEnv,
+    queue: &str,
+    tasks: &[Value],
+    reply_to: &str,
+) -> anyhow::Result<()> {
+    for task in tasks {
+        let body = serde_json::to_vec(task)?;
+        let normalized = warren_common::Task::decode(
+            &body,
+            &warren_common::envelope::SubmitProperties::default(),
+            &env.config.tasks,
+        )
+        .map_err(|r| anyhow::anyhow!("{r}"))?
+        .to_json();
+        let properties = lapin::BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_reply_to(reply_to.into());
+        env.channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                lapin::options::BasicPublishOptions::default(),
+                &normalized,
+                properties,
+            )
+            .await?
+            .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_worker_hands_back_the_tasks_it_had_not_started() -> anyhow::Result<()> {
+    // One slot, three tasks in its queue: all three are delivered (the worker prefetches more
+    // than its slots), one runs. On SIGTERM the running one finishes within the grace period;
+    // the two waiting ones never start and go back to the most urgent priority queue.
+    let env = TestEnv::new("waiting").await?;
+    let started = Arc::new(AtomicUsize::new(0));
+    let mut probe = Registry::new();
+    {
+        let started = started.clone();
+        probe.register("slow", move |_: TaskContext| {
+            let started = started.clone();
+            async move {
+                started.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                Ok::<_, HandlerError>(Value::Null)
+            }
+        });
+    }
+    let mut config = env.config.clone();
+    config.worker.id = Some("one".into());
+    config.worker.concurrency = 1;
+    let worker = env.worker_with(config, probe);
+    let queue = env.topology.worker_queue("one");
+    wait_consuming(&env, &queue).await?;
+    let mut replies = env.reply_queue().await?;
+    let batch = tasks(3, "slow", "wait", |_| Value::Null);
+    queue_directly(&env, &queue, &batch, &replies.name).await?;
+    warren_tests::wait_for(
+        "one task running, the others delivered",
+        Duration::from_secs(20),
+        || async {
+            started.load(Ordering::SeqCst) == 1 && env.depth(&queue).await.unwrap_or(1) == 0
+        },
+    )
+    .await?;
+    worker.stop().await?;
+    let results = replies
+        .collect_until(Duration::from_secs(10), |r| !r.is_empty())
+        .await?;
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(started.load(Ordering::SeqCst), 1, "tasks started");
+    assert_eq!(env.depth(&env.topology.level_queue(0)).await?, 2);
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_handlers_run_real_commands() -> anyhow::Result<()> {
     let mut env = TestEnv::new("exec").await?;
     let handlers: warren_common::config::Config = toml_config(

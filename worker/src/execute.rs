@@ -9,6 +9,7 @@ use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicNackOptions, BasicPublishOptions};
 use serde_json::Value;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use warren_common::broker::settle;
@@ -27,16 +28,20 @@ enum Outcome {
     HandedBack,
 }
 
-/// Runs one delivery to completion. `hand_back` fires when the worker must give up its tasks.
+/// Runs one delivery to completion. `not_started` fires when tasks still waiting for a slot must
+/// be handed back (the worker drains), `hand_back` when running ones must be too.
 pub(crate) async fn execute(
     worker: Arc<Worker>,
     publisher: Channel,
     delivery: Delivery,
+    mut turn: Turn,
+    not_started: CancellationToken,
     hand_back: CancellationToken,
 ) {
     let task = match Task::from_json(&delivery.data) {
         Ok(task) => task,
         Err(reason) => {
+            drop(turn);
             // Only warren writes worker queues, so this is a bug elsewhere; keep the bytes.
             warn!(%reason, "unreadable task in the worker queue; moving it to dead");
             let dead = worker.topology.dead_queue();
@@ -58,7 +63,28 @@ pub(crate) async fn execute(
         }
     };
     let attempt = attempts(&delivery.properties) + 1;
+    // Held from now on: heartbeats report it, so a new leader adopts it.
     worker.status.started(&task.id);
+    let cost = task.cost.clamp(1, worker.status.capacity.max(1));
+    // In delivery order (its turn), a slot, then the units.
+    let permits = tokio::select! {
+        biased;
+        () = hand_back.cancelled() => None,
+        () = not_started.cancelled() => None,
+        permits = async {
+            turn.wait().await;
+            let slot = worker.slots.clone().acquire_owned().await.ok()?;
+            let units = worker.units.clone().acquire_many_owned(cost).await.ok()?;
+            Some((slot, units))
+        } => permits,
+    };
+    drop(turn);
+    let Some(_permits) = permits else {
+        debug!(task = %task.id, "handing back a task that never started");
+        hand_back_untouched(&delivery).await;
+        worker.status.finished(&task.id);
+        return;
+    };
     worker.metrics.task(Status::Started, &task.kind);
     worker.metrics.in_flight.inc();
     let started_at = Utc::now();
@@ -77,12 +103,7 @@ pub(crate) async fn execute(
                 let _ = confirm.await;
             }
             debug!(task = %task.id, "handing task back");
-            let _ = delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await;
+            hand_back_untouched(&delivery).await;
             worker.status.finished(&task.id);
             worker.metrics.in_flight.dec();
             return;
@@ -123,6 +144,53 @@ pub(crate) async fn execute(
                 kind: task.kind.clone(),
             })
             .observe(ran.as_secs_f64());
+    }
+}
+
+/// The order in which deliveries take their slot and units: the order the dispatcher put them
+/// in the worker's queue. Each delivery runs in its own tokio task, and tokio polls new tasks
+/// in no set order, so fair semaphores alone let a later delivery take a slot first (seen: a
+/// `normal` task started before the last `high` one of a backlog).
+#[derive(Default)]
+pub(crate) struct Line {
+    last: Option<oneshot::Receiver<()>>,
+}
+
+impl Line {
+    /// The turn of the next delivery: it comes after every turn handed out before.
+    pub(crate) fn next(&mut self) -> Turn {
+        let (done, next) = oneshot::channel();
+        Turn {
+            after: self.last.replace(next),
+            _done: done,
+        }
+    }
+}
+
+/// One delivery's place in its [`Line`]. Dropping it lets the next delivery go on.
+pub(crate) struct Turn {
+    after: Option<oneshot::Receiver<()>>,
+    _done: oneshot::Sender<()>,
+}
+
+impl Turn {
+    /// Waits until the delivery before this one has dropped its turn.
+    async fn wait(&mut self) {
+        if let Some(after) = self.after.take() {
+            // Nothing is ever sent: the sender's drop is the signal.
+            let _ = after.await;
+        }
+    }
+}
+
+/// Requeues a delivery at once, for another worker (or this one's next session) to run.
+async fn hand_back_untouched(delivery: &Delivery) {
+    let options = BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    };
+    if let Err(err) = delivery.nack(options).await {
+        debug!(cause = %err, "could not hand a task back; the broker will redeliver it");
     }
 }
 

@@ -73,6 +73,14 @@ pub(crate) struct Worker {
     pub(crate) metrics: Arc<metrics::Metrics>,
     /// What `/healthz` reports.
     pub(crate) health: Arc<warren_common::metrics::Health>,
+    /// Its capacity units: a task runs once it holds `cost` of them. The dispatcher's credit
+    /// keeps within them too, but may queue tasks ahead (its lookahead) and cannot know the
+    /// cost of tasks it adopted, so the worker enforces its own capacity.
+    pub(crate) units: Arc<tokio::sync::Semaphore>,
+    /// Its slots (`worker.concurrency`): a task runs once it holds one. The worker prefetches
+    /// more than its slots (what the dispatcher queues ahead), so the prefetch does not limit
+    /// how many run.
+    pub(crate) slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Runs a worker until `shutdown` fires, then drains: stops taking tasks, lets running ones
@@ -104,7 +112,11 @@ pub async fn run(
         shutdown.clone(),
     )
     .await;
+    let units = Arc::new(tokio::sync::Semaphore::new(status.capacity as usize));
+    let slots = Arc::new(tokio::sync::Semaphore::new(status.concurrency as usize));
     let worker = Arc::new(Worker {
+        units,
+        slots,
         config,
         topology,
         handlers,

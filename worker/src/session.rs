@@ -68,7 +68,13 @@ async fn session(
         .topology
         .declare_for_worker(&consume_channel, &status.id)
         .await?;
-    let prefetch = u16::try_from(status.concurrency).unwrap_or(u16::MAX);
+    // Its slots plus the most the dispatcher queues ahead for it: what waits in its queue is
+    // delivered, so the broker hands over tasks in batches rather than one per ack (measured:
+    // with a prefetch of 16 the broker spends twice the CPU per message of 256).
+    let prefetch = status
+        .concurrency
+        .saturating_mul(1 + warren_common::config::LOOKAHEAD_SLOTS);
+    let prefetch = u16::try_from(prefetch).unwrap_or(u16::MAX);
     consume_channel
         .basic_qos(prefetch, BasicQosOptions::default())
         .await?;
@@ -89,7 +95,10 @@ async fn session(
     let session_over = CancellationToken::new();
     // Cancelled when running tasks must be handed back (grace expired, or connection lost).
     let hand_back = CancellationToken::new();
+    // Cancelled when tasks still waiting for a slot must be handed back (draining).
+    let not_started = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let mut line = execute::Line::default();
     tokio::spawn(heartbeat::run(
         publisher.clone(),
         worker.topology.clone(),
@@ -109,6 +118,8 @@ async fn session(
                         worker.clone(),
                         publisher.clone(),
                         delivery,
+                        line.next(),
+                        not_started.clone(),
                         hand_back.clone(),
                     ));
                 }
@@ -132,6 +143,7 @@ async fn session(
     consume_channel
         .basic_cancel(status.id.as_str().into(), BasicCancelOptions::default())
         .await?;
+    not_started.cancel();
     while let Ok(Some(Ok(delivery))) =
         tokio::time::timeout(Duration::from_millis(500), consumer.next()).await
     {
