@@ -16,8 +16,8 @@ use tracing::{info, warn};
 /// How often to look for the worker's consumer to be gone.
 const POLL: Duration = Duration::from_millis(250);
 
-/// How long the dispatcher waits for a dead worker's consumer to go before leaving its queue
-/// alone (the worker may be alive after all).
+/// How long the dispatcher waits for a dead worker's consumer to go before it says so in the
+/// log; it then tries again, until the queue is reclaimed or the worker is heard again.
 pub const DISPATCHER_PATIENCE: Duration = Duration::from_secs(60);
 
 /// How long a leaving worker waits for its own, cancelled, consumer to be gone from the count.
@@ -58,7 +58,8 @@ pub async fn reclaim(
     }
     warn!(
         queue,
-        "a consumer is still attached to a departed worker's queue; leaving it"
+        ?patience,
+        "a consumer is still attached to a departed worker's queue"
     );
     Ok(None)
 }

@@ -36,6 +36,8 @@ pub(crate) enum Input {
     },
     /// A worker's heartbeat.
     Heartbeat(Heartbeat),
+    /// A departed worker's queue was emptied into the priority queues and deleted.
+    Reclaimed(String),
     /// A worker no longer holds a task.
     Released {
         /// Worker id.

@@ -204,7 +204,7 @@ async fn session(
         connection,
         leading_since: None,
         levels_channel: None,
-        orphans: Vec::new(),
+        reclaiming: std::collections::HashMap::new(),
     };
     info!("validating submissions; waiting for the leader baton to route");
     let routed = router.run(receiver, &stop).await;

@@ -167,7 +167,14 @@ pub struct Registry {
     recent: Recent,
     /// Work (in mean run time) a worker's queue may hold beyond its free slots.
     lookahead: Duration,
+    /// Queues of workers declared dead and not yet reclaimed: whoever leads moves their tasks
+    /// back to the priority queues, however long the broker takes to let it (a consumer lost
+    /// with a node that is down stays counted until the node is back), and across sessions.
+    departed: BTreeSet<String>,
 }
+
+/// At most this many departed workers' queues are remembered for reclaiming.
+pub const MAX_DEPARTED: usize = 1024;
 
 impl Registry {
     /// An empty registry declaring workers dead after `timeout` without a heartbeat.
@@ -177,6 +184,7 @@ impl Registry {
             timeout,
             recent: Recent::default(),
             lookahead: Duration::ZERO,
+            departed: BTreeSet::new(),
         }
     }
 
@@ -194,9 +202,13 @@ impl Registry {
     /// that we did not know of are adopted.
     pub fn heartbeat(&mut self, beat: &Heartbeat, now: Instant) -> Change {
         if beat.state == WorkerState::Offline {
+            // Not a sign of life: the leader announces a worker it declared dead this way too.
+            // (A worker's own goodbye comes after it deleted its queue; reclaiming finds it gone.)
             self.workers.remove(&beat.worker);
             return Change::Left;
         }
+        // Alive after all: its queue is its own again.
+        self.departed.remove(&beat.queue);
         let timeout = self.timeout;
         let joined = !self.workers.contains_key(&beat.worker);
         let entry = self
@@ -311,7 +323,8 @@ impl Registry {
         self.workers.insert(entry.id.clone(), entry);
     }
 
-    /// Removes and returns the workers silent for longer than the timeout.
+    /// Removes and returns the workers silent for longer than the timeout; their queues are
+    /// [`Registry::departed`] from now on.
     pub fn expire(&mut self, now: Instant) -> Vec<WorkerEntry> {
         let dead: Vec<String> = self
             .workers
@@ -319,9 +332,27 @@ impl Registry {
             .filter(|w| now.duration_since(w.last_seen) > self.timeout)
             .map(|w| w.id.clone())
             .collect();
-        dead.iter()
+        let dead: Vec<WorkerEntry> = dead
+            .iter()
             .filter_map(|id| self.workers.remove(id))
-            .collect()
+            .collect();
+        for worker in &dead {
+            if self.departed.len() < MAX_DEPARTED {
+                self.departed.insert(worker.queue.clone());
+            }
+        }
+        dead
+    }
+
+    /// Queues of workers declared dead (by [`Registry::expire`]) whose tasks may still wait in
+    /// them, until [`Registry::reclaimed`] or a heartbeat from the worker.
+    pub fn departed(&self) -> impl Iterator<Item = &String> {
+        self.departed.iter()
+    }
+
+    /// A departed worker's queue has been emptied into the priority queues and deleted.
+    pub fn reclaimed(&mut self, queue: &str) {
+        self.departed.remove(queue);
     }
 
     /// A worker by id.
@@ -426,6 +457,39 @@ mod tests {
         // Once it has a free slot, an unreported old task is gone.
         registry.heartbeat(&beat("a", &["echo"], &[], &["long1"]), later);
         assert_eq!(registry.get("a").unwrap().outstanding.len(), 1);
+    }
+
+    #[test]
+    fn a_dead_workers_queue_is_departed_until_reclaimed_or_the_worker_is_heard() {
+        let start = Instant::now();
+        let mut registry = Registry::new(Duration::from_secs(3));
+        for id in ["a", "b", "c"] {
+            registry.heartbeat(&beat(id, &["echo"], &[], &[]), start);
+        }
+        registry.heartbeat(
+            &beat("c", &["echo"], &[], &[]),
+            start + Duration::from_secs(2),
+        );
+        let later = start + Duration::from_secs(4);
+        let dead: Vec<String> = registry.expire(later).into_iter().map(|w| w.id).collect();
+        assert_eq!(dead, ["a", "b"]);
+        let departed = |registry: &Registry| registry.departed().cloned().collect::<Vec<_>>();
+        assert_eq!(departed(&registry), ["q.a", "q.b"]);
+        // Expiring again (another tick) changes nothing; reclaiming one leaves the other.
+        assert!(registry.expire(later).is_empty());
+        registry.reclaimed("q.a");
+        assert_eq!(departed(&registry), ["q.b"]);
+        // The leader's own announcement that b is offline is no sign of life.
+        let announced = Heartbeat {
+            state: WorkerState::Offline,
+            ..beat("b", &["echo"], &[], &[])
+        };
+        assert_eq!(registry.heartbeat(&announced, later), Change::Left);
+        assert_eq!(departed(&registry), ["q.b"]);
+        // A worker declared dead that is heard again owns its queue again.
+        registry.heartbeat(&beat("b", &["echo"], &[], &[]), later);
+        assert!(departed(&registry).is_empty());
+        assert!(registry.get("b").is_some());
     }
 
     #[test]

@@ -29,8 +29,10 @@ use crate::scheduler::{Held, Scheduler, TaskInfo};
 
 /// How often silent workers are looked for.
 const LIVENESS_TICK: Duration = Duration::from_millis(250);
-/// Dead workers' queues a standby remembers at most.
-const MAX_ORPHANS: usize = 1024;
+/// First pause before trying again to reclaim a departed worker's queue; doubles up to
+/// [`RECLAIM_RETRY_MAX`].
+const RECLAIM_RETRY: Duration = Duration::from_secs(1);
+const RECLAIM_RETRY_MAX: Duration = Duration::from_secs(30);
 /// How often tasks that no live worker can run are reported.
 const WAITING_REPORT: Duration = Duration::from_secs(10);
 
@@ -62,8 +64,8 @@ pub(crate) struct Router<'a> {
     pub(crate) leading_since: Option<Instant>,
     /// The channel consuming the priority queues, once routing.
     pub(crate) levels_channel: Option<Channel>,
-    /// Queues of workers declared dead while this dispatcher was a standby.
-    pub(crate) orphans: Vec<String>,
+    /// Departed workers' queues being reclaimed in this session, to stop if the worker is back.
+    pub(crate) reclaiming: std::collections::HashMap<String, CancellationToken>,
 }
 
 impl Router<'_> {
@@ -82,8 +84,9 @@ impl Router<'_> {
                     None => return Ok(()),
                 },
                 _ = liveness.tick() => {
-                    self.expire(stop);
+                    self.expire();
                     self.start_routing().await?;
+                    self.reclaim_departed(stop);
                     self.export_state();
                 }
             }
@@ -103,6 +106,13 @@ impl Router<'_> {
             } => self.submitted(level, *task, body, properties, *delivery),
             Input::Heartbeat(beat) => {
                 let change = self.registry.heartbeat(&beat, Instant::now());
+                let alive = beat.state != warren_common::WorkerState::Offline;
+                if let Some(reclaiming) =
+                    alive.then(|| self.reclaiming.remove(&beat.queue)).flatten()
+                {
+                    info!(worker = %beat.worker, "a worker declared dead is heard again; leaving its queue to it");
+                    reclaiming.cancel();
+                }
                 match change {
                     Change::Joined => {
                         info!(worker = %beat.worker, kinds = ?beat.kinds, capacity = beat.concurrency, "worker joined")
@@ -111,6 +121,10 @@ impl Router<'_> {
                     Change::Left => info!(worker = %beat.worker, "worker left"),
                     Change::Refreshed => {}
                 }
+            }
+            Input::Reclaimed(queue) => {
+                self.reclaiming.remove(&queue);
+                self.registry.reclaimed(&queue);
             }
             Input::Released {
                 worker,
@@ -449,17 +463,12 @@ impl Router<'_> {
                 .store(true, std::sync::atomic::Ordering::SeqCst);
         }
         info!(workers = self.registry.workers().count(), "routing");
-        // Queues of workers that died while another dispatcher led (it may have reclaimed
-        // them already; then this finds them gone).
-        for queue in std::mem::take(&mut self.orphans) {
-            self.reclaim(queue, &CancellationToken::new());
-        }
         Ok(())
     }
 
-    /// Forgets workers that fell silent and reclaims their queues; now and then, says which
-    /// held tasks no live worker can run.
-    fn expire(&mut self, stop: &CancellationToken) {
+    /// Forgets workers that fell silent (their queues are then the registry's `departed`); now
+    /// and then, says which held tasks no live worker can run.
+    fn expire(&mut self) {
         if self.last_report.elapsed() >= WAITING_REPORT {
             self.last_report = Instant::now();
             let waiting = self.scheduler.unrunnable(self.registry);
@@ -474,26 +483,64 @@ impl Router<'_> {
             warn!(worker = %dead.id, held = dead.outstanding.len(), "worker silent for too long; declaring it dead");
             if self.leading_since.is_some() {
                 self.notifier.worker_offline(&dead);
-                self.reclaim(dead.queue, stop);
-            } else if self.orphans.len() < MAX_ORPHANS {
-                // A standby only remembers: whoever leads reclaims.
-                self.orphans.push(dead.queue);
             }
         }
     }
 
-    fn reclaim(&self, queue: String, stop: &CancellationToken) {
+    /// While routing, reclaims every departed worker's queue not being reclaimed yet (workers
+    /// may have died while another dispatcher led, or in an earlier session of this one).
+    fn reclaim_departed(&mut self, stop: &CancellationToken) {
+        if self.levels_channel.is_none() {
+            return;
+        }
+        let queues: Vec<String> = self
+            .registry
+            .departed()
+            .filter(|queue| !self.reclaiming.contains_key(*queue))
+            .cloned()
+            .collect();
+        for queue in queues {
+            self.reclaim(queue, stop);
+        }
+    }
+
+    /// Reclaims `queue` in the background until it is done (then says so to the router), the
+    /// worker is heard again, or the session stops: the broker may keep counting the dead
+    /// worker's consumer for as long as a node is down, and a connection may fail meanwhile.
+    fn reclaim(&mut self, queue: String, stop: &CancellationToken) {
+        let stop = stop.child_token();
+        self.reclaiming.insert(queue.clone(), stop.clone());
         let pool = self.pool.clone();
         let topology = self.dispatcher.topology.clone();
-        let stop = stop.clone();
+        let inputs = self.inputs.clone();
         tokio::spawn(async move {
-            let connection = match pool.get().await {
-                Ok(connection) => connection,
-                Err(err) => return warn!(%queue, cause = %err, "cannot reclaim a worker queue now"),
-            };
-            let patience = warren_common::reclaim::DISPATCHER_PATIENCE;
-            if let Err(err) = reclaim(&connection, &topology, &queue, patience, &stop).await {
-                warn!(%queue, cause = %err, "reclaiming a worker queue failed");
+            let mut pause = RECLAIM_RETRY;
+            loop {
+                let patience = warren_common::reclaim::DISPATCHER_PATIENCE;
+                let attempt = match pool.get().await {
+                    Ok(connection) => {
+                        reclaim(&connection, &topology, &queue, patience, &stop).await
+                    }
+                    Err(err) => Err(err),
+                };
+                match attempt {
+                    Ok(Some(_)) => {
+                        let _ = inputs.send(Input::Reclaimed(queue)).await;
+                        return;
+                    }
+                    Ok(None) if stop.is_cancelled() => return,
+                    Ok(None) => {
+                        warn!(%queue, "the broker still counts a consumer on a dead worker's queue (a node may be down); will try again")
+                    }
+                    Err(err) => {
+                        warn!(%queue, cause = %err, "reclaiming a worker queue failed; will try again")
+                    }
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(RECLAIM_RETRY_MAX);
             }
         });
     }

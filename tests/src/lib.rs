@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueBindOptions,
@@ -279,6 +279,36 @@ impl TestEnv {
             )
             .await?
             .await?;
+        Ok(())
+    }
+
+    /// Puts `tasks` straight into a worker's `queue`, in the dispatcher's normalized form, with
+    /// results going to `reply_to`.
+    pub async fn queue_directly(&self, queue: &str, tasks: &[Value], reply_to: &str) -> Result<()> {
+        for task in tasks {
+            let body = serde_json::to_vec(task)?;
+            let normalized = warren_common::Task::decode(
+                &body,
+                &warren_common::envelope::SubmitProperties::default(),
+                &self.config.tasks,
+            )
+            .map_err(|r| anyhow!("{r}"))?
+            .to_json();
+            let properties = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_reply_to(reply_to.into());
+            self.channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    &normalized,
+                    properties,
+                )
+                .await?
+                .await?;
+        }
         Ok(())
     }
 

@@ -190,8 +190,9 @@ async fn chaos_kills_a_worker_the_leader_and_a_broker_node_in_one_run() -> anyho
 
 /// A worker stopped while a broker node is down: the broker still counts the consumer it had
 /// through that node (until the node is back), so the worker cannot see its queue free. It
-/// stops within its patience anyway, says no goodbye, and the dispatcher reclaims its queue
-/// once the node is back.
+/// stops within its patience anyway and says no goodbye. The node stays down for longer than
+/// the dispatcher's patience; the dispatcher keeps trying, reclaims the queue once the node is
+/// back, and the task left in it runs on another worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_stopped_while_a_node_is_down_leaves_its_queue_to_the_dispatcher()
 -> anyhow::Result<()> {
@@ -233,6 +234,7 @@ async fn a_worker_stopped_while_a_node_is_down_leaves_its_queue_to_the_dispatche
         || async { env.consumers(&queue).await.unwrap_or(0) == 2 },
     )
     .await?;
+    let mut offline = env.watch_events(&["worker.offline"]).await?;
     let asked = std::time::Instant::now();
     worker.terminate()?;
     let status = worker.wait(Duration::from_secs(30)).await?;
@@ -245,16 +247,44 @@ async fn a_worker_stopped_while_a_node_is_down_leaves_its_queue_to_the_dispatche
         env.consumers(&queue).await? == 1,
         "the stale consumer should still be counted while node 2 is down"
     );
+    // A task the dispatcher had routed to w1 just before it stopped.
+    env.queue_directly(
+        &queue,
+        &[json!({"id": "left", "kind": "noop"})],
+        &replies.name,
+    )
+    .await?;
+
+    // No goodbye was said: the dispatcher declares the worker dead, and cannot reclaim its
+    // queue while the broker counts the stale consumer. Node 2 stays down for longer than the
+    // dispatcher waits in one go.
+    let dead = offline.next_json(Duration::from_secs(30)).await?;
+    anyhow::ensure!(dead["worker"] == "w1", "unexpected offline event {dead}");
+    let down_for = warren_common::reclaim::DISPATCHER_PATIENCE + Duration::from_secs(5);
+    eprintln!("keeping node 2 down for {down_for:?} after w1 was declared dead");
+    tokio::time::sleep(down_for).await;
+    anyhow::ensure!(
+        env.depth(&queue).await? == 1,
+        "the task should wait in w1's queue while the broker counts its stale consumer"
+    );
 
     cluster.run(&["start", "2"])?;
-    // No goodbye was said: the dispatcher declares the worker dead and, with node 2 back and
-    // the stale consumer gone, deletes its queue.
+    let w2 = env.worker("w2", 2, warren_tests::Registry::new());
     warren_tests::wait_for(
         "the dispatcher to reclaim the worker's queue",
         Duration::from_secs(120),
         || async { env.consumers(&queue).await.is_err() },
     )
     .await?;
+    let results = replies
+        .collect(&["left".into()], Duration::from_secs(60))
+        .await?;
+    anyhow::ensure!(
+        results["left"][0].worker.as_deref() == Some("w2"),
+        "the task should have run on w2: {:?}",
+        results["left"]
+    );
+    w2.stop().await?;
     dispatcher.stop().await?;
     env.cleanup().await?;
     drop(cluster);

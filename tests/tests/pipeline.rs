@@ -178,7 +178,7 @@ async fn a_worker_keeps_within_its_slots_and_units_whatever_its_queue_holds() ->
         let batch: Vec<Value> = (0..9)
             .map(|i| json!({ "id": format!("cost{cost}-{i}"), "kind": "heavy", "cost": cost, "payload": cost }))
             .collect();
-        queue_directly(&env, &queue, &batch, &replies.name).await?;
+        env.queue_directly(&queue, &batch, &replies.name).await?;
         let results = replies
             .collect(&ids(&batch), Duration::from_secs(60))
             .await?;
@@ -223,7 +223,7 @@ async fn a_worker_starts_the_tasks_it_holds_in_the_order_they_were_queued() -> a
     let batch: Vec<Value> = (0..300)
         .map(|i| json!({ "id": format!("seq-{i}"), "kind": "seq", "payload": i }))
         .collect();
-    queue_directly(&env, &queue, &batch, &replies.name).await?;
+    env.queue_directly(&queue, &batch, &replies.name).await?;
     gate.add_permits(1);
     let results = replies
         .collect(&ids(&batch), Duration::from_secs(60))
@@ -242,41 +242,6 @@ async fn wait_consuming(env: &TestEnv, queue: &str) -> anyhow::Result<()> {
         env.consumers(queue).await.unwrap_or(0) == 1
     })
     .await
-}
-
-/// Puts `tasks` straight into a worker's `queue`, in the dispatcher's normalized form, with
-/// results going to `reply_to`.
-async fn queue_directly(
-    env: &TestEnv,
-    queue: &str,
-    tasks: &[Value],
-    reply_to: &str,
-) -> anyhow::Result<()> {
-    for task in tasks {
-        let body = serde_json::to_vec(task)?;
-        let normalized = warren_common::Task::decode(
-            &body,
-            &warren_common::envelope::SubmitProperties::default(),
-            &env.config.tasks,
-        )
-        .map_err(|r| anyhow::anyhow!("{r}"))?
-        .to_json();
-        let properties = lapin::BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_reply_to(reply_to.into());
-        env.channel
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                lapin::options::BasicPublishOptions::default(),
-                &normalized,
-                properties,
-            )
-            .await?
-            .await?;
-    }
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,7 +271,7 @@ async fn a_draining_worker_hands_back_the_tasks_it_had_not_started() -> anyhow::
     wait_consuming(&env, &queue).await?;
     let mut replies = env.reply_queue().await?;
     let batch = tasks(3, "slow", "wait", |_| Value::Null);
-    queue_directly(&env, &queue, &batch, &replies.name).await?;
+    env.queue_directly(&queue, &batch, &replies.name).await?;
     warren_tests::wait_for(
         "one task running, the others delivered",
         Duration::from_secs(20),
