@@ -43,6 +43,8 @@ pub(crate) struct Metrics {
     pub(crate) leader: Gauge,
     /// `warren_held_tasks`: tasks in the scheduling window.
     pub(crate) held: Gauge,
+    /// `warren_departed_workers`: workers declared dead whose queues are not reclaimed yet.
+    pub(crate) departed: Gauge,
     /// `warren_dispatcher_duplicates_total`: submissions of an id already dispatched lately.
     pub(crate) duplicates: Counter,
     /// `warren_dispatcher_fast_path_total`: tasks sent from intake straight to a worker.
@@ -60,6 +62,7 @@ impl Metrics {
             workers: Gauge::default(),
             leader: Gauge::default(),
             held: Gauge::default(),
+            departed: Gauge::default(),
             duplicates: Counter::default(),
             fast_path: Counter::default(),
         });
@@ -98,6 +101,11 @@ impl Metrics {
             "held_tasks",
             "Tasks held in this dispatcher's scheduling window",
             metrics.held.clone(),
+        );
+        registry.register(
+            "departed_workers",
+            "Workers declared dead whose queues (and the tasks in them) are not reclaimed yet",
+            metrics.departed.clone(),
         );
         registry.register(
             "dispatcher_duplicates",

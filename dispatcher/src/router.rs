@@ -365,6 +365,10 @@ impl Router<'_> {
         metrics.leader.set(i64::from(self.levels_channel.is_some()));
         let held: usize = self.scheduler.held().iter().sum();
         metrics.held.set(i64::try_from(held).unwrap_or(i64::MAX));
+        let departed = self.registry.departed().count();
+        metrics
+            .departed
+            .set(i64::try_from(departed).unwrap_or(i64::MAX));
     }
 
     /// Buries the held tasks whose deadline passed before they could start.

@@ -56,6 +56,13 @@ where
     Ok(())
 }
 
+/// A port free right now on loopback (for a metrics listener).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// `GET path` from `127.0.0.1:port` over plain HTTP/1.0: the status code and the body.
 pub async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -202,12 +202,14 @@ async fn a_worker_stopped_while_a_node_is_down_leaves_its_queue_to_the_dispatche
     let urls = cluster.urls();
     // The client, and so the worker queue's leader (declared here first), on node 3; the
     // dispatcher and the worker connect through node 2 first.
-    let env = TestEnv::on(
+    let mut env = TestEnv::on(
         "stalequeue",
         vec![urls[1].clone(), urls[2].clone()],
         &urls[2],
     )
     .await?;
+    let metrics_port = warren_tests::free_port()?;
+    env.config.dispatcher.metrics_listen = format!("127.0.0.1:{metrics_port}");
     let queue = env.topology.worker_queue("w1");
     env.topology
         .declare_worker_queue(&env.channel, "w1")
@@ -267,6 +269,10 @@ async fn a_worker_stopped_while_a_node_is_down_leaves_its_queue_to_the_dispatche
         env.depth(&queue).await? == 1,
         "the task should wait in w1's queue while the broker counts its stale consumer"
     );
+    anyhow::ensure!(
+        departed_workers(metrics_port).await? == 1.0,
+        "/metrics should show one worker whose queue waits to be reclaimed"
+    );
 
     cluster.run(&["start", "2"])?;
     let w2 = env.worker("w2", 2, warren_tests::Registry::new());
@@ -284,9 +290,26 @@ async fn a_worker_stopped_while_a_node_is_down_leaves_its_queue_to_the_dispatche
         "the task should have run on w2: {:?}",
         results["left"]
     );
+    warren_tests::wait_for(
+        "/metrics to show no queue left to reclaim",
+        Duration::from_secs(10),
+        || async { departed_workers(metrics_port).await.ok() == Some(0.0) },
+    )
+    .await?;
     w2.stop().await?;
     dispatcher.stop().await?;
     env.cleanup().await?;
     drop(cluster);
     Ok(())
+}
+
+/// `warren_departed_workers` from the dispatcher's `/metrics` on `port`.
+async fn departed_workers(port: u16) -> anyhow::Result<f64> {
+    let (_, body) = warren_tests::http_get(port, "/metrics").await?;
+    body.lines()
+        .find_map(|line| line.strip_prefix("warren_departed_workers "))
+        .ok_or_else(|| anyhow::anyhow!("no warren_departed_workers in /metrics"))?
+        .trim()
+        .parse()
+        .map_err(Into::into)
 }

@@ -6,14 +6,7 @@ use std::time::Duration;
 use anyhow::bail;
 use lapin::BasicProperties;
 use serde_json::{Value, json};
-use warren_tests::{Registry, TestEnv, http_get as get, ids, tasks, wait_for};
-
-/// A port free right now on loopback.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
+use warren_tests::{Registry, TestEnv, free_port, http_get as get, ids, tasks, wait_for};
 
 /// Scrapes `/metrics` and parses it with a Prometheus text-format parser.
 async fn scrape(port: u16) -> anyhow::Result<prometheus_parse::Scrape> {
@@ -119,6 +112,7 @@ async fn metrics_and_health_tell_what_happened() -> anyhow::Result<()> {
     let fast = count("warren_dispatcher_fast_path_total", &[]);
     assert!((1.0..=21.0).contains(&fast), "fast path {fast}");
     assert_eq!(count("warren_held_tasks", &[]), 0.0);
+    assert_eq!(count("warren_departed_workers", &[]), 0.0);
     for level in 0..env.topology.levels.len() {
         let queue = env.topology.level_queue(level);
         assert_eq!(count("warren_queue_messages", &[("queue", &queue)]), 0.0);

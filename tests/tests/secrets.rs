@@ -5,16 +5,14 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
-use warren_tests::{TestEnv, binary, broker_url, http_get, wait_for};
+use warren_tests::{TestEnv, binary, broker_url, free_port, http_get, wait_for};
 
 const SECRET: &str = "Sup3rS3cretPassw0rd";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passwords_stay_out_of_logs_metrics_and_errors() -> anyhow::Result<()> {
     let env = TestEnv::new("secrets").await?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = free_port()?;
     // A first node that refuses connections (its failure is logged), then the real broker.
     let urls = format!("amqp://guest:{SECRET}@127.0.0.1:1/%2f,{}", broker_url());
     let dispatcher = tokio::process::Command::new(binary("warren-dispatcher")?)
