@@ -165,13 +165,7 @@ async fn a_worker_keeps_within_its_slots_and_units_whatever_its_queue_holds() ->
             }
         });
     }
-    let mut config = env.config.clone();
-    config.worker.id = Some("small".into());
-    config.worker.concurrency = 3;
-    config.worker.capacity = Some(4);
-    let worker = env.worker_with(config, probe);
-    let queue = env.topology.worker_queue("small");
-    wait_consuming(&env, &queue).await?;
+    let (worker, queue) = lone_worker(&env, "small", 3, Some(4), probe).await?;
     let mut replies = env.reply_queue().await?;
     for (cost, expected) in [(2, (4, 2)), (1, (3, 3))] {
         *peaks.lock().unwrap() = (0, 0);
@@ -213,12 +207,7 @@ async fn a_worker_starts_the_tasks_it_holds_in_the_order_they_were_queued() -> a
             }
         });
     }
-    let mut config = env.config.clone();
-    config.worker.id = Some("inorder".into());
-    config.worker.concurrency = 1;
-    let worker = env.worker_with(config, probe);
-    let queue = env.topology.worker_queue("inorder");
-    wait_consuming(&env, &queue).await?;
+    let (worker, queue) = lone_worker(&env, "inorder", 1, None, probe).await?;
     let mut replies = env.reply_queue().await?;
     let batch: Vec<Value> = (0..300)
         .map(|i| json!({ "id": format!("seq-{i}"), "kind": "seq", "payload": i }))
@@ -236,12 +225,27 @@ async fn a_worker_starts_the_tasks_it_holds_in_the_order_they_were_queued() -> a
     env.cleanup().await
 }
 
-/// Waits until a worker consumes its `queue` (it declares the queue as it starts).
-async fn wait_consuming(env: &TestEnv, queue: &str) -> anyhow::Result<()> {
+/// Starts worker `id` with `concurrency` slots (and `capacity` units, if given), no dispatcher,
+/// and waits until it consumes its queue (it declares the queue as it starts): the worker and
+/// its queue, for tests that put tasks straight into it.
+async fn lone_worker(
+    env: &TestEnv,
+    id: &str,
+    concurrency: u32,
+    capacity: Option<u32>,
+    handlers: Registry,
+) -> anyhow::Result<(warren_tests::Component, String)> {
+    let mut config = env.config.clone();
+    config.worker.id = Some(id.into());
+    config.worker.concurrency = concurrency;
+    config.worker.capacity = capacity;
+    let worker = env.worker_with(config, handlers);
+    let queue = env.topology.worker_queue(id);
     warren_tests::wait_for("the worker to consume", Duration::from_secs(20), || async {
-        env.consumers(queue).await.unwrap_or(0) == 1
+        env.consumers(&queue).await.unwrap_or(0) == 1
     })
-    .await
+    .await?;
+    Ok((worker, queue))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,12 +267,7 @@ async fn a_draining_worker_hands_back_the_tasks_it_had_not_started() -> anyhow::
             }
         });
     }
-    let mut config = env.config.clone();
-    config.worker.id = Some("one".into());
-    config.worker.concurrency = 1;
-    let worker = env.worker_with(config, probe);
-    let queue = env.topology.worker_queue("one");
-    wait_consuming(&env, &queue).await?;
+    let (worker, queue) = lone_worker(&env, "one", 1, None, probe).await?;
     let mut replies = env.reply_queue().await?;
     let batch = tasks(3, "slow", "wait", |_| Value::Null);
     env.queue_directly(&queue, &batch, &replies.name).await?;
