@@ -110,7 +110,7 @@ impl WorkerEntry {
         let window = lookahead.as_secs_f64() * 1000.0;
         // A run time under 0.1 ms (reported as 0) counts as 0.1 ms.
         let tasks = (concurrency * window / mean.max(0.1)).floor().min(cap);
-        self.lookahead = if window > 0.0 { tasks as u32 } else { 0 };
+        self.lookahead = tasks as u32;
     }
 
     fn add(&mut self, task: &str, outstanding: Outstanding) {
@@ -520,11 +520,15 @@ mod tests {
         assert_eq!(registry.get("big").unwrap().credit(), 8);
     }
 
+    /// A registry with a 20 ms lookahead.
+    fn lookahead_registry() -> Registry {
+        Registry::new(Duration::from_secs(3)).with_lookahead(Duration::from_millis(20))
+    }
+
     #[test]
     fn lookahead_follows_the_mean_run_time() {
         let now = Instant::now();
-        let mut registry =
-            Registry::new(Duration::from_secs(3)).with_lookahead(Duration::from_millis(20));
+        let mut registry = lookahead_registry();
         let mut w = beat("w", &["echo"], &[], &[]);
         w.concurrency = 4;
         registry.heartbeat(&w, now);
@@ -560,8 +564,7 @@ mod tests {
     #[test]
     fn lookahead_in_capacity_units() {
         let now = Instant::now();
-        let mut registry =
-            Registry::new(Duration::from_secs(3)).with_lookahead(Duration::from_millis(20));
+        let mut registry = lookahead_registry();
         let mut big = beat("big", &["render"], &[], &[]);
         big.concurrency = 4;
         big.capacity = 8;

@@ -319,6 +319,22 @@ impl TestEnv {
         Ok(())
     }
 
+    /// Submits one task (`fields` must hold `id` and `kind`) and waits up to `timeout` for its
+    /// result on `replies`: the system is up and routing end to end.
+    pub async fn round_trip(
+        &self,
+        replies: &mut Replies,
+        fields: Value,
+        timeout: Duration,
+    ) -> Result<()> {
+        let id = fields["id"]
+            .as_str()
+            .context("round_trip needs an id")?
+            .to_owned();
+        self.submit(fields, &replies.name).await?;
+        replies.collect(&[id], timeout).await.map(|_| ())
+    }
+
     /// Submits a task (`fields` must hold at least `kind`) with results going to `reply_to`.
     pub async fn submit(&self, fields: Value, reply_to: &str) -> Result<()> {
         let body = serde_json::to_vec(&fields)?;

@@ -30,11 +30,12 @@ async fn status_workers_and_dead_requeue() -> anyhow::Result<()> {
     let dispatcher = env.dispatcher();
     let worker = env.worker("cli-worker", 3, handlers);
     let mut replies = env.reply_queue().await?;
-    env.submit(json!({"id": "warm", "kind": "echo"}), &replies.name)
-        .await?;
-    replies
-        .collect(&["warm".into()], Duration::from_secs(30))
-        .await?;
+    env.round_trip(
+        &mut replies,
+        json!({"id": "warm", "kind": "echo"}),
+        Duration::from_secs(30),
+    )
+    .await?;
 
     let (code, workers) = Process::output(&env, "warren", &["workers"]).await?;
     assert_eq!(code, 0);

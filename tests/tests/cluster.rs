@@ -23,11 +23,12 @@ async fn tasks_survive_the_death_of_the_busiest_broker_node() -> anyhow::Result<
         .map(|i| env.worker(&format!("w{i}"), 16, Registry::new()))
         .collect();
     let mut replies = env.reply_queue().await?;
-    env.submit(json!({"id": "probe", "kind": "noop"}), &replies.name)
-        .await?;
-    replies
-        .collect(&["probe".into()], Duration::from_secs(60))
-        .await?;
+    env.round_trip(
+        &mut replies,
+        json!({"id": "probe", "kind": "noop"}),
+        Duration::from_secs(60),
+    )
+    .await?;
     let victim = cluster.busiest_node(&env.config.topology.prefix)?;
     anyhow::ensure!(
         victim != 2,
@@ -111,11 +112,12 @@ async fn chaos_kills_a_worker_the_leader_and_a_broker_node_in_one_run() -> anyho
     let mut leader = Process::start(&env, "warren-dispatcher", &[])?;
     let mut replies = env.reply_queue().await?;
     let mut workers = Process::workers(&env, 3, 16)?;
-    env.submit(json!({"id": "probe", "kind": "noop"}), &replies.name)
-        .await?;
-    replies
-        .collect(&["probe".into()], Duration::from_secs(60))
-        .await?;
+    env.round_trip(
+        &mut replies,
+        json!({"id": "probe", "kind": "noop"}),
+        Duration::from_secs(60),
+    )
+    .await?;
     let standby = Process::start(&env, "warren-dispatcher", &[])?;
     let victim = cluster.busiest_node(&env.config.topology.prefix)?;
     anyhow::ensure!(
@@ -221,11 +223,12 @@ async fn a_worker_stopped_while_a_node_is_down_leaves_its_queue_to_the_dispatche
         &[("WARREN__WORKER__ID", "w1"), ("RUST_LOG", "info")],
     )?;
     let mut replies = env.reply_queue().await?;
-    env.submit(json!({"id": "before", "kind": "noop"}), &replies.name)
-        .await?;
-    replies
-        .collect(&["before".into()], Duration::from_secs(60))
-        .await?;
+    env.round_trip(
+        &mut replies,
+        json!({"id": "before", "kind": "noop"}),
+        Duration::from_secs(60),
+    )
+    .await?;
 
     cluster.run(&["kill", "2"])?;
     // The worker reconnects through node 3 and consumes again; the broker counts its old

@@ -121,11 +121,12 @@ async fn a_killed_dispatcher_is_replaced_within_seconds_without_reruns() -> anyh
         .collect();
     let mut replies = env.reply_queue().await?;
     let mut first = Process::start(&env, "warren-dispatcher", &[])?;
-    env.submit(json!({"id": "probe", "kind": "echo"}), &replies.name)
-        .await?;
-    replies
-        .collect(&["probe".into()], Duration::from_secs(30))
-        .await?;
+    env.round_trip(
+        &mut replies,
+        json!({"id": "probe", "kind": "echo"}),
+        Duration::from_secs(30),
+    )
+    .await?;
     let second = Process::start(&env, "warren-dispatcher", &[])?;
     // Both validate submissions; the standby consumes intake once it has joined the election.
     wait_for("the standby to start", Duration::from_secs(30), || async {
