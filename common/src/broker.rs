@@ -13,7 +13,7 @@ use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tracing::{info, warn};
 
-use crate::config::{AmqpConfig, ConfigError};
+use crate::config::{AmqpConfig, ConfigError, redact};
 
 /// Why talking to the broker failed.
 #[derive(Debug, thiserror::Error)]
@@ -204,20 +204,24 @@ impl Pool {
         &self,
         shutdown: &tokio_util::sync::CancellationToken,
     ) -> Option<PooledConnection> {
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = self.reconnect_backoff();
         loop {
+            let delay = backoff.next_pause();
             match self.get().await {
                 Ok(connection) => return Some(connection),
                 Err(err) => {
                     warn!(cause = %err, retry_in_ms = delay.as_millis() as u64, "waiting for the broker")
                 }
             }
-            tokio::select! {
-                () = shutdown.cancelled() => return None,
-                () = tokio::time::sleep(delay) => {}
+            if !crate::shutdown::pause(shutdown, delay).await {
+                return None;
             }
-            delay = (delay * 2).min(self.max_backoff);
         }
+    }
+
+    /// The pauses between reconnection attempts: 100 ms doubling up to `amqp.max_backoff_ms`.
+    pub fn reconnect_backoff(&self) -> warren_core::retry::Backoff {
+        warren_core::retry::Backoff::new(Duration::from_millis(100), self.max_backoff)
     }
 
     /// The longest wait between reconnection attempts.
@@ -399,39 +403,5 @@ pub async fn settle(delivery: &lapin::message::Delivery, done: bool) {
     };
     if let Err(err) = settled {
         tracing::debug!(cause = %err, "could not settle a delivery; the broker will redeliver it");
-    }
-}
-
-/// A URL with its password replaced by `***`, for logs and errors.
-pub fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match (authority.rfind('@'), authority.find(':')) {
-        (Some(at), Some(colon)) if colon < at => format!(
-            "{}{}:***{}",
-            &url[..scheme_end + 3],
-            &authority[..colon],
-            &url[scheme_end + 3 + at..]
-        ),
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact("amqp://guest:secret@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(redact("amqp://127.0.0.1:5672"), "amqp://127.0.0.1:5672");
-        assert_eq!(redact("amqp://user@host/v"), "amqp://user@host/v");
     }
 }

@@ -62,6 +62,16 @@ pub struct TaskDefaults {
     pub retry_max_ms: u64,
 }
 
+impl TaskDefaults {
+    /// A retry's backoff, as `retry_base_ms` and `retry_max_ms` say.
+    pub fn retry_policy(&self) -> warren_core::retry::RetryPolicy {
+        warren_core::retry::RetryPolicy {
+            base: std::time::Duration::from_millis(self.retry_base_ms),
+            max: std::time::Duration::from_millis(self.retry_max_ms),
+        }
+    }
+}
+
 impl Default for TaskDefaults {
     fn default() -> Self {
         TaskDefaults {

@@ -10,11 +10,12 @@ pub mod logging;
 pub mod message;
 pub mod metrics;
 pub mod reclaim;
-pub mod retry;
 pub mod shutdown;
+pub mod startup;
 pub mod topology;
 
-pub use broker::{BrokerError, Pool, confirmed_channel, publish_confirmed, redact};
+pub use broker::{BrokerError, Pool, confirmed_channel, publish_confirmed};
+pub use config::redact;
 pub use config::{Config, ConfigError};
 pub use envelope::{Rejection, Task, TaskDefaults};
 pub use events::{Heartbeat, Status, TaskEvent, TaskResult, WorkerState};

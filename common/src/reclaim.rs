@@ -16,10 +16,6 @@ use tracing::{info, warn};
 /// How often to look for the worker's consumer to be gone.
 const POLL: Duration = Duration::from_millis(250);
 
-/// How long the dispatcher waits for a dead worker's consumer to go before it says so in the
-/// log; it then tries again, until the queue is reclaimed or the worker is heard again.
-pub const DISPATCHER_PATIENCE: Duration = Duration::from_secs(60);
-
 /// How long a leaving worker waits for its own, cancelled, consumer to be gone from the count.
 /// A consumer connected through a broker node that went down stays counted until that node is
 /// back, so a worker that waited as long as the dispatcher could miss its orchestrator's stop

@@ -1,4 +1,5 @@
-//! Turns SIGINT/SIGTERM into a cancelled token, the root of every component's shutdown tree.
+//! Turns SIGINT/SIGTERM into a cancelled token, the root of every component's shutdown tree;
+//! and the pause of retry loops, cut short by shutdown.
 
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -28,4 +29,12 @@ async fn wait_for_signal() {
 #[cfg(not(unix))]
 async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Waits `delay` unless `shutdown` fires first; false if it did. The pause of every retry loop.
+pub async fn pause(shutdown: &CancellationToken, delay: std::time::Duration) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
+    }
 }

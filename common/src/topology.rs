@@ -78,10 +78,7 @@ impl Topology {
 
     /// The level index (0 = most urgent) a task of `priority` goes to.
     pub fn level_for(&self, priority: u8) -> usize {
-        self.levels
-            .iter()
-            .position(|level| priority >= level.min_priority)
-            .unwrap_or(self.levels.len() - 1)
+        warren_core::levels::level_for(self.levels.iter().map(|l| l.min_priority), priority)
     }
 
     /// Checks the levels: at least one, distinct names, strictly decreasing bounds, the last

@@ -38,19 +38,8 @@ pub(crate) enum Input {
     Heartbeat(Heartbeat),
     /// A departed worker's queue was emptied into the priority queues and deleted.
     Reclaimed(String),
-    /// A worker no longer holds a task.
-    Released {
-        /// Worker id.
-        worker: String,
-        /// Task id.
-        task: String,
-        /// Task kind and how long the attempt ran, when a worker reported it finished.
-        ran: Option<(String, u64)>,
-        /// Whether the task reached a final state (not a retry).
-        finished: bool,
-        /// How it ended, for final states: answers duplicate submissions.
-        outcome: Option<Box<crate::dedupe::Outcome>>,
-    },
+    /// A worker no longer holds a task (its event said so).
+    Released(Box<warren_core::Released>),
     /// A dispatch the broker refused: the worker does not hold the task after all.
     Unsent {
         /// Worker id.
@@ -160,12 +149,12 @@ pub(crate) async fn events(
                 event.status,
                 Status::Succeeded | Status::Failed | Status::Dead
             );
-            let outcome = finished.then(|| {
+            let ending = finished.then(|| {
                 let started_at = event
                     .duration_ms
                     .and_then(|ms| i64::try_from(ms).ok())
                     .map(|ms| event.at - chrono::Duration::milliseconds(ms));
-                Box::new(crate::dedupe::Outcome {
+                warren_core::Ending {
                     status: event.status,
                     result: event.result,
                     result_omitted: event.result_omitted,
@@ -174,15 +163,14 @@ pub(crate) async fn events(
                     worker: Some(worker.clone()),
                     started_at,
                     finished_at: Some(event.at),
-                })
+                }
             });
-            Some(Input::Released {
+            Some(Input::Released(Box::new(warren_core::Released {
                 worker,
                 task: event.id,
-                ran: event.duration_ms.map(|ms| (event.kind, ms)),
-                finished,
-                outcome,
-            })
+                ran: event.duration_ms.map(|ms| (event.kind, ms as f64)),
+                ending,
+            })))
         }
     });
     Ok(channel)

@@ -3,7 +3,6 @@
 //! after the broker confirmed where it went.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
 
@@ -11,17 +10,18 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, PublisherConfirm};
+use lapin::{BasicProperties, Channel, Connection};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
-use warren_common::broker::{check_confirmation, publish_result, publish_to_queue, settle};
+use tracing::debug;
+use warren_common::broker::publish_result;
 use warren_common::envelope::SubmitProperties;
 use warren_common::message::with_reason;
 use warren_common::{BrokerError, Status, Task, TaskResult, confirmed_channel};
 
 use crate::Dispatcher;
 use crate::feeds::Input;
+use crate::filing::{Filed, file};
 use crate::notify::Notifier;
 
 /// Consumes the intake queue until `stop` fires or the channel fails; then waits until every
@@ -86,7 +86,7 @@ async fn consume_intake(
         };
         match admit(dispatcher, publisher, notifier, &delivery).await? {
             Admitted::Filed(filed) => {
-                settling.spawn(settle_submission(filed, delivery));
+                settling.spawn(filed.settle(delivery));
             }
             Admitted::ToRouter {
                 level,
@@ -140,7 +140,7 @@ async fn admit(
         Ok(task) => {
             let policy = dispatcher.config.dispatcher.policy;
             let level =
-                crate::policy::intake_level(policy, task.priority, |p| topology.level_for(p));
+                warren_core::policy::intake_level(policy, task.priority, |p| topology.level_for(p));
             let queue = topology.level_queue(level);
             let mut forwarded = forwardable(properties)
                 .with_content_type("application/json".into())
@@ -167,10 +167,7 @@ async fn admit(
                 .headers()
                 .as_ref()
                 .is_some_and(|h| h.inner().contains_key(warren_common::HEADER_NOT_BEFORE));
-            if !waits
-                && dispatcher.fast_path.load(Ordering::Relaxed)
-                && dispatcher.room.load(Ordering::Relaxed)
-            {
+            if !waits && dispatcher.fast_path.takes() {
                 return Ok(Admitted::ToRouter {
                     level,
                     body: task.to_json(),
@@ -178,30 +175,19 @@ async fn admit(
                     properties: Box::new(forwarded),
                 });
             }
-            let confirm = publish_to_queue(publisher, &queue, &task.to_json(), forwarded).await?;
-            Ok(Admitted::Filed(Filed {
-                confirm,
-                queue,
-                reply: None,
-            }))
+            let filed = file(publisher, queue, &task.to_json(), forwarded).await?;
+            Ok(Admitted::Filed(filed))
         }
         Err(rejection) => {
             let reason = rejection.to_string();
             debug!(%reason, "rejected a submission");
             let queue = topology.rejected_queue();
             let kept = with_reason(forwardable(properties), &reason);
-            let confirm = publish_to_queue(publisher, &queue, &delivery.data, kept).await?;
+            let filed = file(publisher, queue, &delivery.data, kept).await?;
             let (id, kind) = best_effort_identity(delivery);
             let result = TaskResult {
-                id: id.clone(),
-                kind: kind.clone(),
-                status: Status::Rejected,
-                result: serde_json::Value::Null,
                 error: Some(reason.clone()),
-                attempts: 0,
-                worker: None,
-                started_at: None,
-                finished_at: None,
+                ..TaskResult::new(&id, &kind, Status::Rejected)
             };
             let reply = publish_result(publisher, properties, &result).await?;
             // Only a valid kind becomes a label: anything else could flood the label set.
@@ -213,41 +199,9 @@ async fn admit(
             dispatcher.metrics.task(Status::Rejected, label);
             let submitter = properties.user_id().as_ref().map(|u| u.to_string());
             notifier.task(&id, &kind, Status::Rejected, 0, Some(reason), submitter);
-            Ok(Admitted::Filed(Filed {
-                confirm,
-                queue,
-                reply,
-            }))
+            Ok(Admitted::Filed(filed.with_reply(reply)))
         }
     }
-}
-
-/// A submission published to its new home, awaiting the broker's confirms.
-struct Filed {
-    /// The confirm of the copy in its level queue (or the rejected queue).
-    confirm: PublisherConfirm,
-    /// That queue, for messages.
-    queue: String,
-    /// The confirm of a `rejected` result sent to `reply_to`, if any.
-    reply: Option<PublisherConfirm>,
-}
-
-/// Acks the submission once its new home confirmed it; otherwise hands it back to the intake
-/// queue to be tried again.
-async fn settle_submission(filed: Filed, delivery: Delivery) {
-    let confirmed = match filed.confirm.await {
-        Ok(confirmation) => check_confirmation(confirmation, &filed.queue),
-        Err(err) => Err(err.into()),
-    };
-    if let Err(err) = &confirmed {
-        warn!(cause = %err, "submission not confirmed; requeueing it");
-    }
-    // Best effort, but awaited (lapin keeps every unawaited confirm): the rejected message
-    // itself is what must not be lost.
-    if let Some(reply) = filed.reply {
-        let _ = reply.await;
-    }
-    settle(&delivery, confirmed.is_ok()).await;
 }
 
 /// The submission's properties, safe to republish from the dispatcher's connection: RabbitMQ

@@ -4,19 +4,14 @@
 //! workers' heartbeats, and the one holding the leader baton routes (leadership).
 #![warn(missing_docs)]
 
-pub mod balancer;
-pub mod dedupe;
+mod fast_path;
 mod feeds;
+mod filing;
 mod intake;
 mod leadership;
-pub mod levels;
 mod metrics;
 mod notify;
-pub mod policy;
-pub mod registry;
 mod router;
-pub mod scheduler;
-pub mod sim;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use warren_common::{BrokerError, Config, Pool, Topology, confirmed_channel};
+use warren_core::Core;
 
-use registry::Registry;
-use scheduler::Scheduler;
+use router::{Carried, Reclaimer};
 
 /// Why a dispatcher stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -51,13 +46,8 @@ pub(crate) struct Dispatcher {
     pub(crate) metrics: Arc<metrics::Metrics>,
     /// What `/healthz` reports.
     pub(crate) health: Arc<warren_common::metrics::Health>,
-    /// Set while this dispatcher routes (and `dispatcher.fast_path` is on): its intake then
-    /// hands valid submissions to the router instead of filing them.
-    pub(crate) fast_path: std::sync::atomic::AtomicBool,
-    /// Whether some worker had a free slot after the router's last dispatch round: intake
-    /// hands a submission to the router only then, and files it itself otherwise (on its own
-    /// connection, so a busy router does not slow intake down).
-    pub(crate) room: std::sync::atomic::AtomicBool,
+    /// Whether intake hands valid submissions to the router (the router opens and closes it).
+    pub(crate) fast_path: fast_path::FastPath,
 }
 
 /// Runs a dispatcher until `shutdown` fires. Reconnects (to the next node of `amqp.urls`)
@@ -66,7 +56,6 @@ pub(crate) struct Dispatcher {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DispatcherError> {
     let instance = uuid_short();
     let pool = Pool::new(&config.amqp, &format!("warren-dispatcher {instance}"))?;
-    let timeout = Duration::from_millis(config.dispatcher.heartbeat_timeout_ms);
     let (metrics, registry) = metrics::Metrics::new();
     let health = Arc::new(warren_common::metrics::Health::default());
     let leader = metrics.clone();
@@ -90,34 +79,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Disp
         instance,
         metrics,
         health,
-        fast_path: std::sync::atomic::AtomicBool::new(false),
-        room: std::sync::atomic::AtomicBool::new(false),
+        fast_path: fast_path::FastPath::default(),
     });
-    let config = &dispatcher.config.dispatcher;
-    let mut registry =
-        Registry::new(timeout).with_lookahead(Duration::from_millis(config.lookahead_ms));
-    let mut dedupe = dedupe::Dedupe::new(
-        Duration::from_millis(config.dedupe_window_ms),
-        config.dedupe_max,
-    );
-    let mut backoff = Duration::from_millis(100);
+    let levels = dispatcher.topology.levels.len();
+    let settings = dispatcher.config.dispatcher.core_settings();
+    let mut core: Core<Carried> = Core::new(levels, &settings, rand::random());
+    let mut backoff = pool.reconnect_backoff();
     info!(instance = %dispatcher.instance, prefix = %dispatcher.topology.prefix, "dispatcher starting");
     while let Some(connection) = pool.get_or_wait(&shutdown).await {
         dispatcher.health.set_connected(true);
-        let ended = session(
-            &dispatcher,
-            &connection,
-            &pool,
-            &mut registry,
-            &mut dedupe,
-            &shutdown,
-        )
-        .await;
+        let ended = session(&dispatcher, &connection, &pool, &mut core, &shutdown).await;
+        // The broker requeues what this session held; reclaims under way stopped with it.
+        core.session_ended();
         dispatcher.health.set_connected(false);
         dispatcher.metrics.leader.set(0);
-        dispatcher
-            .fast_path
-            .store(false, std::sync::atomic::Ordering::SeqCst);
+        dispatcher.fast_path.close();
         match ended {
             Ok(()) => {
                 let _ = connection.close(200, "dispatcher stopped".into()).await;
@@ -129,11 +105,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Disp
                 // Close rather than return it to the pool: a live connection could still hold
                 // deliveries on channels that survived.
                 let _ = connection.close(200, "session lost".into()).await;
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(backoff) => {}
+                if !warren_common::shutdown::pause(&shutdown, backoff.next_pause()).await {
+                    return Ok(());
                 }
-                backoff = (backoff * 2).min(pool.max_backoff());
             }
         }
     }
@@ -145,8 +119,7 @@ async fn session(
     dispatcher: &Arc<Dispatcher>,
     connection: &lapin::Connection,
     pool: &Pool,
-    registry: &mut Registry,
-    dedupe: &mut dedupe::Dedupe,
+    core: &mut Core<Carried>,
     shutdown: &CancellationToken,
 ) -> Result<(), BrokerError> {
     let topology = &dispatcher.topology;
@@ -186,32 +159,30 @@ async fn session(
     };
     let publisher = confirmed_channel(connection).await?;
     channels.push(publisher.clone());
+    let reclaimer = Reclaimer {
+        pool: pool.clone(),
+        topology: topology.clone(),
+        inputs: inputs.clone(),
+        patience: Duration::from_millis(dispatcher.config.dispatcher.reclaim_patience_ms),
+        underway: std::collections::HashMap::new(),
+    };
     let mut router = router::Router {
         dispatcher: dispatcher.clone(),
-        registry,
-        dedupe,
-        scheduler: Scheduler::new(
-            topology.levels.len(),
-            &dispatcher.config.dispatcher,
-            rand::random(),
-        ),
+        core,
         publisher,
         notifier,
         inputs,
         settling: TaskTracker::new(),
-        pool: pool.clone(),
+        reclaimer,
         last_report: std::time::Instant::now(),
         connection,
         leading_since: None,
         levels_channel: None,
-        reclaiming: std::collections::HashMap::new(),
     };
     info!("validating submissions; waiting for the leader baton to route");
     let routed = router.run(receiver, &stop).await;
     stop.cancel();
-    dispatcher
-        .fast_path
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+    dispatcher.fast_path.close();
     let _ = poller.await;
     router.settling.close();
     router.settling.wait().await;

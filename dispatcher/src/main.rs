@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use warren_common::config::load_or_exit;
+use warren_common::startup::load_or_exit;
 
 /// Validates submitted tasks, orders them by priority and routes them to workers, until
 /// SIGINT/SIGTERM.

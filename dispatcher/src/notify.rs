@@ -56,22 +56,15 @@ impl Notifier {
         submitter: Option<String>,
     ) {
         self.send(TaskEvent {
-            id: id.to_owned(),
-            kind: kind.to_owned(),
-            status,
             attempt,
-            worker: None,
             error,
-            duration_ms: None,
             submitter,
-            result: None,
-            result_omitted: false,
-            at: Utc::now(),
+            ..TaskEvent::new(id, kind, status)
         });
     }
 
     /// Queues a `worker.offline` event for a worker declared dead.
-    pub(crate) fn worker_offline(&self, worker: &crate::registry::WorkerEntry) {
+    pub(crate) fn worker_offline(&self, worker: &warren_core::WorkerEntry) {
         let goodbye = Heartbeat {
             worker: worker.id.clone(),
             queue: worker.queue.clone(),

@@ -212,6 +212,9 @@ async fn a_worker_stopped_while_a_node_is_down_leaves_its_queue_to_the_dispatche
     .await?;
     let metrics_port = warren_tests::free_port()?;
     env.config.dispatcher.metrics_listen = format!("127.0.0.1:{metrics_port}");
+    // A short patience, so that the node can stay down for longer than one try waits without
+    // the test waiting the default minute.
+    env.config.dispatcher.reclaim_patience_ms = 5_000;
     let queue = env.topology.worker_queue("w1");
     env.topology
         .declare_worker_queue(&env.channel, "w1")
@@ -265,7 +268,8 @@ async fn a_worker_stopped_while_a_node_is_down_leaves_its_queue_to_the_dispatche
     // dispatcher waits in one go.
     let dead = offline.next_json(Duration::from_secs(30)).await?;
     anyhow::ensure!(dead["worker"] == "w1", "unexpected offline event {dead}");
-    let down_for = warren_common::reclaim::DISPATCHER_PATIENCE + Duration::from_secs(5);
+    let patience = Duration::from_millis(env.config.dispatcher.reclaim_patience_ms);
+    let down_for = patience + Duration::from_secs(5);
     eprintln!("keeping node 2 down for {down_for:?} after w1 was declared dead");
     tokio::time::sleep(down_for).await;
     anyhow::ensure!(

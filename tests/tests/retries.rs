@@ -6,8 +6,8 @@ use std::time::Duration;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use serde_json::{Value, json};
 use warren_common::message::{attempts, header_str};
-use warren_common::retry::AttemptRecord;
 use warren_common::{HEADER_HISTORY, HEADER_REASON, Status};
+use warren_core::retry::AttemptRecord;
 use warren_tests::{HandlerError, Registry, TaskContext, TestEnv};
 
 fn flaky_handlers() -> Registry {

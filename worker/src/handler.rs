@@ -36,6 +36,15 @@ pub enum HandlerError {
     Abort(String),
 }
 
+impl From<HandlerError> for warren_core::retry::Failure {
+    fn from(error: HandlerError) -> Self {
+        match error {
+            HandlerError::Failed(message) => warren_core::retry::Failure::Retryable(message),
+            HandlerError::Abort(message) => warren_core::retry::Failure::Abort(message),
+        }
+    }
+}
+
 impl HandlerError {
     /// A retryable failure with this message.
     pub fn failed(message: impl Into<String>) -> HandlerError {

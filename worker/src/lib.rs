@@ -17,9 +17,10 @@
 //! ```
 #![warn(missing_docs)]
 
+mod attempt;
 pub mod builtin;
+mod events;
 pub mod exec;
-mod execute;
 pub mod handler;
 mod heartbeat;
 mod metrics;

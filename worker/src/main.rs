@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use warren_common::config::load_or_exit;
+use warren_common::startup::load_or_exit;
 
 /// Runs warren tasks from the worker's own queue until SIGINT/SIGTERM, then drains.
 #[derive(Debug, Parser)]

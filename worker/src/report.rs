@@ -1,9 +1,7 @@
-//! What happens after an attempt: success; a retry with backoff (back through intake, with the
-//! attempt recorded); death in `<prefix>.dead` once `max_attempts` is spent; or a plain failure
-//! when the handler aborted. The decision is pure; `Report::publish` carries it out and waits
-//! for the broker's confirms before the caller acks.
-
-use std::time::Duration;
+//! Carrying out what an attempt led to (the core's `retry::verdict`): success; a retry with
+//! backoff (back through intake, with the attempt recorded); death in `<prefix>.dead` once
+//! `max_attempts` is spent; or a plain failure when the handler aborted. `Report::publish`
+//! waits for the broker's confirms before the caller acks.
 
 use chrono::{DateTime, Utc};
 use lapin::message::Delivery;
@@ -12,69 +10,13 @@ use lapin::{BasicProperties, Channel, PublisherConfirm};
 use serde_json::Value;
 use warren_common::TaskEvent;
 use warren_common::broker::{check_confirmation, publish_result, publish_to_queue};
-use warren_common::envelope::TaskDefaults;
 use warren_common::events::{EVENT_RESULT_MAX_BYTES, json_len_within};
 use warren_common::message::{header_str, with_attempts, with_header, with_reason};
-use warren_common::retry::{AttemptRecord, MAX_HISTORY, backoff};
 use warren_common::{BrokerError, HEADER_HISTORY, HEADER_NOT_BEFORE, Status, Task, TaskResult};
+use warren_core::retry::{AttemptRecord, MAX_HISTORY, Verdict};
 
 use crate::Worker;
-use crate::execute::{event, send_event};
-use crate::handler::HandlerError;
-
-/// What an attempt's outcome means for the task.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Verdict {
-    /// Done: the handler's result.
-    Succeeded(Value),
-    /// Try again after `delay`.
-    Retry {
-        /// Why this attempt failed.
-        error: String,
-        /// Backoff before the next attempt.
-        delay: Duration,
-    },
-    /// Every attempt failed: to the dead queue.
-    Dead {
-        /// Why the task is dead (attempts spent, and the last error).
-        error: String,
-        /// Why the last attempt failed.
-        last: String,
-    },
-    /// The handler says retrying cannot help.
-    Failed {
-        /// Why.
-        error: String,
-    },
-}
-
-/// Decides what attempt number `attempt` (from 1) of a task allowed `max_attempts` leads to.
-/// `jitter` is a uniform draw in [0, 1) for the backoff.
-pub(crate) fn verdict(
-    result: Result<Value, HandlerError>,
-    attempt: u32,
-    max_attempts: u32,
-    defaults: &TaskDefaults,
-    jitter: f64,
-) -> Verdict {
-    match result {
-        Ok(value) => Verdict::Succeeded(value),
-        Err(HandlerError::Abort(error)) => Verdict::Failed { error },
-        Err(HandlerError::Failed(error)) if attempt < max_attempts => Verdict::Retry {
-            error,
-            delay: backoff(
-                attempt,
-                Duration::from_millis(defaults.retry_base_ms),
-                Duration::from_millis(defaults.retry_max_ms),
-                jitter,
-            ),
-        },
-        Err(HandlerError::Failed(last)) => Verdict::Dead {
-            error: format!("failed {attempt} of {max_attempts} attempts; last error: {last}"),
-            last,
-        },
-    }
-}
+use crate::events::{event, send_event};
 
 /// A finished attempt, ready to be reported.
 pub(crate) struct Report<'a> {
@@ -144,15 +86,13 @@ impl Report<'_> {
         };
         if status != Status::Retrying {
             let result = TaskResult {
-                id: self.task.id.clone(),
-                kind: self.task.kind.clone(),
-                status,
                 result: value,
                 error: error.clone(),
                 attempts: self.attempt,
                 worker: Some(worker.status.id.clone()),
                 started_at: Some(self.started_at),
                 finished_at: Some(self.finished_at),
+                ..TaskResult::new(&self.task.id, &self.task.kind, status)
             };
             result_confirm = publish_result(publisher, request, &result).await?;
         }
@@ -218,44 +158,5 @@ impl Report<'_> {
             HEADER_HISTORY,
             AMQPValue::LongString(history.into()),
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn verdicts_follow_attempts_and_error_kinds() {
-        let defaults = TaskDefaults::default();
-        let failed = || Err(HandlerError::failed("boom"));
-        assert_eq!(
-            verdict(Ok(Value::Null), 1, 3, &defaults, 0.5),
-            Verdict::Succeeded(Value::Null)
-        );
-        let Verdict::Retry { delay, .. } = verdict(failed(), 1, 3, &defaults, 1.0) else {
-            panic!("first failure retries");
-        };
-        assert_eq!(delay, Duration::from_millis(1000));
-        assert!(matches!(
-            verdict(failed(), 2, 3, &defaults, 0.0),
-            Verdict::Retry { .. }
-        ));
-        let Verdict::Dead { error, .. } = verdict(failed(), 3, 3, &defaults, 0.0) else {
-            panic!("last failure is dead");
-        };
-        assert_eq!(error, "failed 3 of 3 attempts; last error: boom");
-        assert_eq!(
-            verdict(
-                Err(HandlerError::abort("bad payload")),
-                1,
-                3,
-                &defaults,
-                0.0
-            ),
-            Verdict::Failed {
-                error: "bad payload".into()
-            }
-        );
     }
 }

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use warren_common::reclaim::{WORKER_PATIENCE, reclaim};
 use warren_common::{BrokerError, Pool, WorkerState, confirmed_channel};
 
-use crate::{Worker, execute, heartbeat};
+use crate::{Worker, attempt, heartbeat};
 
 /// How a session ended.
 enum Ended {
@@ -26,7 +26,7 @@ enum Ended {
 
 /// Runs sessions until shutdown.
 pub(crate) async fn run_sessions(worker: Arc<Worker>, pool: Pool, shutdown: CancellationToken) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = pool.reconnect_backoff();
     loop {
         let Some(connection) = pool.get_or_wait(&shutdown).await else {
             info!("stopped before reaching the broker");
@@ -50,8 +50,7 @@ pub(crate) async fn run_sessions(worker: Arc<Worker>, pool: Pool, shutdown: Canc
                     // Nothing is held any more: the broker requeued what this session had.
                     return;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(pool.max_backoff());
+                tokio::time::sleep(backoff.next_pause()).await;
             }
         }
     }
@@ -98,7 +97,7 @@ async fn session(
     // Cancelled when tasks still waiting for a slot must be handed back (draining).
     let not_started = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let mut line = execute::Line::default();
+    let mut line = attempt::Line::default();
     tokio::spawn(heartbeat::run(
         publisher.clone(),
         worker.topology.clone(),
@@ -114,7 +113,7 @@ async fn session(
             () = shutdown.cancelled() => break None,
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    tasks.spawn(execute::execute(
+                    tasks.spawn(attempt::execute(
                         worker.clone(),
                         publisher.clone(),
                         delivery,

@@ -1,10 +1,12 @@
 //! `warren-sim`: runs the scheduler core in virtual time against a synthetic workload for
 //! every policy × balancer and prints one table. Seeded and reproducible.
 
+use std::time::Duration;
+
 use clap::Parser;
-use warren_common::Topology;
-use warren_common::config::{BalancerName, DispatcherConfig, LevelMode, PolicyName};
-use warren_dispatcher::sim::{self, Metrics, Setup};
+use warren_core::levels::{DEFAULT_MIN_PRIORITIES, level_for};
+use warren_core::settings::{BalancerName, LevelMode, PolicyName, Settings};
+use warren_core::sim::{self, Metrics, Setup};
 
 /// Compares warren's scheduling policies and balancers on a simulated workload: Poisson
 /// arrivals, heavy-tailed run times over several kinds, heterogeneous workers.
@@ -36,6 +38,10 @@ struct Args {
     /// Use weighted level selection (weights 6:3:1, aging 30 s) instead of strict.
     #[arg(long)]
     weighted: bool,
+    /// Work (at a worker's mean run time) the dispatcher may queue at a worker beyond its free
+    /// slots, in ms, as `dispatcher.lookahead_ms` (0: credit is exactly the free slots).
+    #[arg(long, default_value_t = 20)]
+    lookahead_ms: u64,
 }
 
 fn main() {
@@ -50,8 +56,8 @@ fn main() {
         args.deadline_slack,
         args.seed,
     );
-    let topology = Topology::new("sim");
-    let level_for = |priority| topology.level_for(priority);
+    let level_for = |priority| level_for(DEFAULT_MIN_PRIORITIES, priority);
+    let levels = DEFAULT_MIN_PRIORITIES.len();
     let policies = [
         ("fcfs", PolicyName::Fcfs, false),
         ("priority", PolicyName::Priority, false),
@@ -68,7 +74,7 @@ fn main() {
     let mut rows: Vec<Metrics> = Vec::new();
     for (policy_name, policy, oracle) in policies {
         for (balancer_name, balancer) in balancers {
-            let dispatcher = DispatcherConfig {
+            let settings = Settings {
                 policy,
                 balancer,
                 levels: if args.weighted {
@@ -76,12 +82,13 @@ fn main() {
                 } else {
                     LevelMode::Strict
                 },
-                ..DispatcherConfig::default()
+                lookahead: Duration::from_millis(args.lookahead_ms),
+                ..Settings::default()
             };
             let setup = Setup {
-                dispatcher: &dispatcher,
+                settings: &settings,
                 level_for: &level_for,
-                levels: topology.levels.len(),
+                levels,
                 window: args.window,
                 oracle,
                 seed: args.seed,
@@ -92,16 +99,17 @@ fn main() {
                 balancer_name,
                 &tasks,
                 &run,
-                topology.levels.len() - 1,
+                levels - 1,
             ));
         }
     }
     println!(
-        "warren-sim: {} tasks, load {:.2}, seed {}, window {}/level, {} levels, workers: {}\n",
+        "warren-sim: {} tasks, load {:.2}, seed {}, window {}/level, lookahead {} ms, {} levels, workers: {}\n",
         args.tasks,
         args.load,
         args.seed,
         args.window,
+        args.lookahead_ms,
         if args.weighted { "weighted" } else { "strict" },
         workers
             .iter()

@@ -7,21 +7,24 @@ use std::time::Duration;
 use chrono::Utc;
 use lapin::Channel;
 use lapin::message::Delivery;
-use lapin::options::{BasicNackOptions, BasicPublishOptions};
+use lapin::options::BasicNackOptions;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use warren_common::broker::settle;
-use warren_common::message::{attempts, json_properties};
-use warren_common::{BrokerError, Status, Task, TaskEvent};
+use warren_common::message::attempts;
+use warren_common::{Status, Task, TaskEvent};
 
+use warren_core::retry::{Failure, verdict};
+
+use crate::events::{event, send_event};
 use crate::handler::{HandlerError, TaskContext};
-use crate::report::{self, Report};
+use crate::report::Report;
 use crate::{Worker, metrics};
 
 /// How an attempt ended.
-enum Outcome {
+enum AttemptEnd {
     /// The handler returned.
     Finished(Result<Value, HandlerError>),
     /// The worker is stopping past its grace period: hand the task back untouched.
@@ -98,7 +101,7 @@ pub(crate) async fn execute(
     let outcome = run_handler(&worker, &task, attempt, &hand_back).await;
     let finished_at = Utc::now();
     let result = match outcome {
-        Outcome::HandedBack => {
+        AttemptEnd::HandedBack => {
             if let Some(confirm) = started_confirm {
                 let _ = confirm.await;
             }
@@ -108,13 +111,13 @@ pub(crate) async fn execute(
             worker.metrics.in_flight.dec();
             return;
         }
-        Outcome::Finished(result) => result,
+        AttemptEnd::Finished(result) => result,
     };
-    let verdict = report::verdict(
-        result,
+    let verdict = verdict(
+        result.map_err(Failure::from),
         attempt,
         task.max_attempts,
-        &worker.config.tasks,
+        worker.config.tasks.retry_policy(),
         rand::random(),
     );
     let report = Report {
@@ -201,9 +204,9 @@ async fn run_handler(
     task: &Task,
     attempt: u32,
     hand_back: &CancellationToken,
-) -> Outcome {
+) -> AttemptEnd {
     let Some(handler) = worker.handlers.get(&task.kind) else {
-        return Outcome::Finished(Err(HandlerError::failed(format!(
+        return AttemptEnd::Finished(Err(HandlerError::failed(format!(
             "no handler for kind {:?} on worker {}",
             task.kind, worker.status.id
         ))));
@@ -219,7 +222,7 @@ async fn run_handler(
     let mut running = tokio::spawn(handler.call(context));
     let timeout = Duration::from_millis(task.timeout_ms);
     let outcome = tokio::select! {
-        joined = &mut running => Outcome::Finished(match joined {
+        joined = &mut running => AttemptEnd::Finished(match joined {
             Ok(result) => result,
             Err(err) if err.is_panic() => Err(HandlerError::failed(format!(
                 "handler panicked: {}",
@@ -227,10 +230,10 @@ async fn run_handler(
             ))),
             Err(err) => Err(HandlerError::failed(format!("handler aborted: {err}"))),
         }),
-        () = tokio::time::sleep(timeout) => Outcome::Finished(Err(HandlerError::failed(format!(
+        () = tokio::time::sleep(timeout) => AttemptEnd::Finished(Err(HandlerError::failed(format!(
             "timed out after {} ms", task.timeout_ms
         )))),
-        () = hand_back.cancelled() => Outcome::HandedBack,
+        () = hand_back.cancelled() => AttemptEnd::HandedBack,
     };
     cancelled.cancel();
     running.abort();
@@ -245,44 +248,4 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     } else {
         "non-string panic payload".to_owned()
     }
-}
-
-pub(crate) fn event(
-    worker: &Worker,
-    task: &Task,
-    status: Status,
-    attempt: u32,
-    error: Option<String>,
-    duration_ms: Option<u64>,
-) -> TaskEvent {
-    TaskEvent {
-        id: task.id.clone(),
-        kind: task.kind.clone(),
-        status,
-        attempt,
-        worker: Some(worker.status.id.clone()),
-        error,
-        duration_ms,
-        submitter: None,
-        result: None,
-        result_omitted: false,
-        at: Utc::now(),
-    }
-}
-
-pub(crate) async fn send_event(
-    worker: &Worker,
-    publisher: &Channel,
-    event: &TaskEvent,
-) -> Result<lapin::PublisherConfirm, BrokerError> {
-    let body = serde_json::to_vec(event).expect("events serialize");
-    Ok(publisher
-        .basic_publish(
-            worker.topology.events_exchange().as_str().into(),
-            event.status.routing_key().into(),
-            BasicPublishOptions::default(),
-            &body,
-            json_properties(false),
-        )
-        .await?)
 }

@@ -4,9 +4,9 @@
 
 use rand::Rng;
 
-pub use warren_common::config::BalancerName;
+pub use crate::settings::BalancerName;
 
-use crate::registry::WorkerEntry;
+use crate::fleet::WorkerEntry;
 
 /// A balancer and its state.
 #[derive(Debug, Clone)]
@@ -66,11 +66,11 @@ impl Balancer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::facts::WorkerState;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
     use std::collections::{BTreeSet, HashMap};
     use std::time::Instant;
-    use warren_common::WorkerState;
 
     fn worker(id: &str, capacity: u32, used: u32) -> WorkerEntry {
         WorkerEntry {

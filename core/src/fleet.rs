@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use warren_common::{Heartbeat, WorkerState};
+use crate::facts::{Heartbeat, WorkerState};
 
 /// One known worker.
 #[derive(Debug, Clone)]
@@ -30,7 +30,7 @@ pub struct WorkerEntry {
     /// Units used by the outstanding tasks (the sum of their costs).
     pub used: u32,
     /// Tasks it may be sent beyond its free slots, to wait in its queue (see
-    /// [`Registry::with_lookahead`]); follows its mean run time.
+    /// [`Fleet::with_lookahead`]); follows its mean run time.
     pub lookahead: u32,
     /// Mean run time of its recent attempts in milliseconds (moving average), once one ended.
     pub mean_run_ms: Option<f64>,
@@ -136,6 +136,9 @@ pub enum Change {
     Refreshed,
     /// The worker said it is gone: its queue can be reclaimed.
     Left,
+    /// A worker declared dead is heard again: its queue is its own again, and reclaiming it,
+    /// if under way, must stop.
+    Returned,
 }
 
 /// Task ids that reached a final state lately, to recognise a redelivered copy of a task
@@ -151,14 +154,14 @@ struct Recent {
 /// Finished task ids remembered at most.
 const RECENT: usize = 20_000;
 
-pub use warren_common::config::LOOKAHEAD_SLOTS;
+pub use crate::settings::LOOKAHEAD_SLOTS;
 
 /// Weight of the newest run time in a worker's moving average.
 const RUN_TIME_WEIGHT: f64 = 0.2;
 
 /// All known workers.
 #[derive(Debug, Clone)]
-pub struct Registry {
+pub struct Fleet {
     /// Workers by id, ordered so balancers see them in a stable order.
     workers: BTreeMap<String, WorkerEntry>,
     /// Silence after which a worker is dead.
@@ -167,24 +170,35 @@ pub struct Registry {
     recent: Recent,
     /// Work (in mean run time) a worker's queue may hold beyond its free slots.
     lookahead: Duration,
-    /// Queues of workers declared dead and not yet reclaimed: whoever leads moves their tasks
-    /// back to the priority queues, however long the broker takes to let it (a consumer lost
-    /// with a node that is down stays counted until the node is back), and across sessions.
-    departed: BTreeSet<String>,
+    /// Queues of workers declared dead and not yet reclaimed, and whether reclaiming each is
+    /// under way: whoever leads moves their tasks back to the priority queues, however long
+    /// the broker takes to let it (a consumer lost with a node that is down stays counted until
+    /// the node is back), and across sessions. The one record of reclaiming; the router only
+    /// carries it out.
+    departed: BTreeMap<String, Reclaim>,
+}
+
+/// Where reclaiming a departed worker's queue stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reclaim {
+    /// Nobody is at it yet (or the session that was ended).
+    Waiting,
+    /// The router is at it.
+    Underway,
 }
 
 /// At most this many departed workers' queues are remembered for reclaiming.
 pub const MAX_DEPARTED: usize = 1024;
 
-impl Registry {
+impl Fleet {
     /// An empty registry declaring workers dead after `timeout` without a heartbeat.
-    pub fn new(timeout: Duration) -> Registry {
-        Registry {
+    pub fn new(timeout: Duration) -> Fleet {
+        Fleet {
             workers: BTreeMap::new(),
             timeout,
             recent: Recent::default(),
             lookahead: Duration::ZERO,
-            departed: BTreeSet::new(),
+            departed: BTreeMap::new(),
         }
     }
 
@@ -192,7 +206,7 @@ impl Registry {
     /// run time, waiting in its queue: a worker of short tasks then never idles while the
     /// dispatcher hears of a finished task and sends the next. A more urgent task can wait
     /// behind that queued work, so this also bounds the extra delay ordering may cost.
-    pub fn with_lookahead(mut self, lookahead: Duration) -> Registry {
+    pub fn with_lookahead(mut self, lookahead: Duration) -> Fleet {
         self.lookahead = lookahead;
         self
     }
@@ -208,7 +222,7 @@ impl Registry {
             return Change::Left;
         }
         // Alive after all: its queue is its own again.
-        self.departed.remove(&beat.queue);
+        let returned = self.departed.remove(&beat.queue).is_some();
         let timeout = self.timeout;
         let joined = !self.workers.contains_key(&beat.worker);
         let entry = self
@@ -267,7 +281,9 @@ impl Registry {
                 );
             }
         }
-        if joined {
+        if returned {
+            Change::Returned
+        } else if joined {
             Change::Joined
         } else {
             Change::Refreshed
@@ -324,7 +340,7 @@ impl Registry {
     }
 
     /// Removes and returns the workers silent for longer than the timeout; their queues are
-    /// [`Registry::departed`] from now on.
+    /// [`Fleet::departed`] from now on.
     pub fn expire(&mut self, now: Instant) -> Vec<WorkerEntry> {
         let dead: Vec<String> = self
             .workers
@@ -338,16 +354,38 @@ impl Registry {
             .collect();
         for worker in &dead {
             if self.departed.len() < MAX_DEPARTED {
-                self.departed.insert(worker.queue.clone());
+                self.departed
+                    .entry(worker.queue.clone())
+                    .or_insert(Reclaim::Waiting);
             }
         }
         dead
     }
 
-    /// Queues of workers declared dead (by [`Registry::expire`]) whose tasks may still wait in
-    /// them, until [`Registry::reclaimed`] or a heartbeat from the worker.
+    /// Queues of workers declared dead (by [`Fleet::expire`]) whose tasks may still wait in
+    /// them, until [`Fleet::reclaimed`] or a heartbeat from the worker.
     pub fn departed(&self) -> impl Iterator<Item = &String> {
-        self.departed.iter()
+        self.departed.keys()
+    }
+
+    /// The departed queues nobody reclaims yet, now marked as under way: the router starts
+    /// reclaiming each.
+    pub fn start_reclaims(&mut self) -> Vec<String> {
+        self.departed
+            .iter_mut()
+            .filter(|(_, state)| **state == Reclaim::Waiting)
+            .map(|(queue, state)| {
+                *state = Reclaim::Underway;
+                queue.clone()
+            })
+            .collect()
+    }
+
+    /// Reclaiming stopped without finishing (the session ended): the queues wait again.
+    pub fn reclaims_stopped(&mut self) {
+        self.departed
+            .values_mut()
+            .for_each(|state| *state = Reclaim::Waiting);
     }
 
     /// A departed worker's queue has been emptied into the priority queues and deleted.
@@ -376,227 +414,5 @@ impl Registry {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    pub(crate) fn beat(id: &str, kinds: &[&str], tags: &[&str], running: &[&str]) -> Heartbeat {
-        Heartbeat {
-            worker: id.into(),
-            queue: format!("q.{id}"),
-            kinds: kinds.iter().map(|s| s.to_string()).collect(),
-            tags: tags.iter().map(|s| s.to_string()).collect(),
-            concurrency: 2,
-            capacity: 0,
-            running: running.iter().map(|s| s.to_string()).collect(),
-            state: WorkerState::Online,
-            seq: 0,
-            at: chrono::Utc::now(),
-        }
-    }
-
-    #[test]
-    fn credit_follows_dispatches_and_releases() {
-        let now = Instant::now();
-        let mut registry = Registry::new(Duration::from_secs(3));
-        assert_eq!(
-            registry.heartbeat(&beat("a", &["echo"], &[], &[]), now),
-            Change::Joined
-        );
-        assert_eq!(registry.total_credit(), 2);
-        registry.dispatched("a", "t1", 1, now);
-        registry.dispatched("a", "t2", 1, now);
-        let a = registry.get("a").unwrap();
-        assert_eq!(a.credit(), 0);
-        assert!(!a.can_take("echo", &[], 1));
-        registry.released("a", "t1");
-        assert!(registry.get("a").unwrap().can_take("echo", &[], 1));
-        assert!(!registry.get("a").unwrap().can_take("echo", &[], 2));
-        assert!(!registry.get("a").unwrap().can_take("other", &[], 1));
-        assert!(
-            !registry
-                .get("a")
-                .unwrap()
-                .can_take("echo", &["gpu".into()], 1)
-        );
-    }
-
-    #[test]
-    fn heartbeats_reconcile_outstanding_tasks() {
-        let start = Instant::now();
-        let mut registry = Registry::new(Duration::from_secs(3));
-        registry.heartbeat(&beat("a", &["echo"], &[], &[]), start);
-        registry.dispatched("a", "lost-event", 1, start);
-        registry.dispatched("a", "fresh", 1, start + Duration::from_secs(4));
-        let later = start + Duration::from_secs(4);
-        registry.heartbeat(&beat("a", &["echo"], &[], &["adopted"]), later);
-        let mut held: Vec<_> = registry
-            .get("a")
-            .unwrap()
-            .outstanding
-            .keys()
-            .cloned()
-            .collect();
-        held.sort();
-        assert_eq!(held, ["adopted", "fresh"]);
-        assert_eq!(registry.get("a").unwrap().used, 2);
-    }
-
-    #[test]
-    fn a_full_worker_keeps_the_tasks_queued_for_it() {
-        let start = Instant::now();
-        let mut registry = Registry::new(Duration::from_secs(3));
-        registry.heartbeat(&beat("a", &["echo"], &[], &[]), start);
-        for id in ["long1", "long2", "queued"] {
-            registry.dispatched("a", id, 1, start);
-        }
-        // Both slots busy with long tasks: "queued" waits in its queue, unreported, for longer
-        // than the timeout, and is not forgotten.
-        let later = start + Duration::from_secs(10);
-        registry.heartbeat(&beat("a", &["echo"], &[], &["long1", "long2"]), later);
-        assert_eq!(registry.get("a").unwrap().outstanding.len(), 3);
-        // Once it has a free slot, an unreported old task is gone.
-        registry.heartbeat(&beat("a", &["echo"], &[], &["long1"]), later);
-        assert_eq!(registry.get("a").unwrap().outstanding.len(), 1);
-    }
-
-    #[test]
-    fn a_dead_workers_queue_is_departed_until_reclaimed_or_the_worker_is_heard() {
-        let start = Instant::now();
-        let mut registry = Registry::new(Duration::from_secs(3));
-        for id in ["a", "b", "c"] {
-            registry.heartbeat(&beat(id, &["echo"], &[], &[]), start);
-        }
-        registry.heartbeat(
-            &beat("c", &["echo"], &[], &[]),
-            start + Duration::from_secs(2),
-        );
-        let later = start + Duration::from_secs(4);
-        let dead: Vec<String> = registry.expire(later).into_iter().map(|w| w.id).collect();
-        assert_eq!(dead, ["a", "b"]);
-        let departed = |registry: &Registry| registry.departed().cloned().collect::<Vec<_>>();
-        assert_eq!(departed(&registry), ["q.a", "q.b"]);
-        // Expiring again (another tick) changes nothing; reclaiming one leaves the other.
-        assert!(registry.expire(later).is_empty());
-        registry.reclaimed("q.a");
-        assert_eq!(departed(&registry), ["q.b"]);
-        // The leader's own announcement that b is offline is no sign of life.
-        let announced = Heartbeat {
-            state: WorkerState::Offline,
-            ..beat("b", &["echo"], &[], &[])
-        };
-        assert_eq!(registry.heartbeat(&announced, later), Change::Left);
-        assert_eq!(departed(&registry), ["q.b"]);
-        // A worker declared dead that is heard again owns its queue again.
-        registry.heartbeat(&beat("b", &["echo"], &[], &[]), later);
-        assert!(departed(&registry).is_empty());
-        assert!(registry.get("b").is_some());
-    }
-
-    #[test]
-    fn remembers_running_and_finished_tasks() {
-        let now = Instant::now();
-        let mut registry = Registry::new(Duration::from_secs(3));
-        registry.heartbeat(&beat("a", &["echo"], &[], &["running"]), now);
-        registry.finished("done");
-        assert!(registry.has_seen("running") && registry.has_seen("done"));
-        assert!(!registry.has_seen("new"));
-    }
-
-    #[test]
-    fn capacity_units_fill_with_costs() {
-        let now = Instant::now();
-        let mut registry = Registry::new(Duration::from_secs(3));
-        let mut big = beat("big", &["render"], &[], &[]);
-        big.concurrency = 4;
-        big.capacity = 8;
-        registry.heartbeat(&big, now);
-        registry.dispatched("big", "heavy", 6, now);
-        let entry = registry.get("big").unwrap();
-        assert_eq!(entry.credit(), 2);
-        assert!(entry.can_take("render", &[], 2));
-        assert!(!entry.can_take("render", &[], 3));
-        assert!((entry.load() - 0.75).abs() < 1e-9);
-        registry.released("big", "heavy");
-        assert_eq!(registry.get("big").unwrap().credit(), 8);
-    }
-
-    /// A registry with a 20 ms lookahead.
-    fn lookahead_registry() -> Registry {
-        Registry::new(Duration::from_secs(3)).with_lookahead(Duration::from_millis(20))
-    }
-
-    #[test]
-    fn lookahead_follows_the_mean_run_time() {
-        let now = Instant::now();
-        let mut registry = lookahead_registry();
-        let mut w = beat("w", &["echo"], &[], &[]);
-        w.concurrency = 4;
-        registry.heartbeat(&w, now);
-        // Unknown run time: exactly the free slots.
-        for i in 0..4 {
-            registry.dispatched("w", &format!("t{i}"), 1, now);
-        }
-        let entry = registry.get("w").unwrap();
-        assert_eq!((entry.free(), entry.credit()), (0, 0));
-        // 10 ms tasks: 4 slots x 20 ms / 10 ms = 8 more may wait in its queue.
-        registry.ran("w", 10.0);
-        let entry = registry.get("w").unwrap();
-        assert_eq!((entry.free(), entry.lookahead, entry.credit()), (0, 8, 8));
-        // Instant tasks: capped at LOOKAHEAD_SLOTS x concurrency.
-        for _ in 0..50 {
-            registry.ran("w", 0.0);
-        }
-        assert_eq!(registry.get("w").unwrap().lookahead, 4 * LOOKAHEAD_SLOTS);
-        // Long tasks: the average moves towards them and the lookahead goes to 0.
-        for _ in 0..50 {
-            registry.ran("w", 1_000.0);
-        }
-        let entry = registry.get("w").unwrap();
-        assert_eq!(entry.lookahead, 0);
-        assert!(!entry.can_take("echo", &[], 1));
-        // No lookahead configured: none, however short the tasks.
-        let mut strict = Registry::new(Duration::from_secs(3));
-        strict.heartbeat(&w, now);
-        strict.ran("w", 0.0);
-        assert_eq!(strict.get("w").unwrap().lookahead, 0);
-    }
-
-    #[test]
-    fn lookahead_in_capacity_units() {
-        let now = Instant::now();
-        let mut registry = lookahead_registry();
-        let mut big = beat("big", &["render"], &[], &[]);
-        big.concurrency = 4;
-        big.capacity = 8;
-        registry.heartbeat(&big, now);
-        registry.ran("big", 20.0);
-        // 4 tasks of lookahead at 2 units a task on average: 8 units beyond the 8 it has.
-        registry.dispatched("big", "heavy", 6, now);
-        let entry = registry.get("big").unwrap();
-        assert_eq!((entry.free(), entry.credit()), (2, 10));
-        // Never a task bigger than the worker, whatever the credit.
-        assert!(entry.can_take("render", &[], 8) && !entry.can_take("render", &[], 9));
-        registry.dispatched("big", "queued", 6, now);
-        let entry = registry.get("big").unwrap();
-        assert_eq!((entry.free(), entry.credit()), (0, 4));
-        assert!(entry.can_take("render", &[], 4) && !entry.can_take("render", &[], 5));
-    }
-
-    #[test]
-    fn silent_and_departed_workers_leave() {
-        let start = Instant::now();
-        let mut registry = Registry::new(Duration::from_secs(3));
-        registry.heartbeat(&beat("a", &["echo"], &[], &[]), start);
-        registry.heartbeat(
-            &beat("b", &["echo"], &[], &[]),
-            start + Duration::from_secs(2),
-        );
-        let dead = registry.expire(start + Duration::from_secs(4));
-        assert_eq!(dead.len(), 1);
-        assert_eq!(dead[0].id, "a");
-        let mut bye = beat("b", &[], &[], &[]);
-        bye.state = WorkerState::Offline;
-        assert_eq!(registry.heartbeat(&bye, start), Change::Left);
-        assert_eq!(registry.workers().count(), 0);
-    }
-}
+#[path = "fleet_tests.rs"]
+mod tests;

@@ -1,19 +1,19 @@
 use super::*;
+use crate::facts::{Heartbeat, WorkerState};
+use crate::settings::{BalancerName, LevelMode, PolicyName, Settings};
 use proptest::prelude::*;
 use std::time::{Duration, Instant};
-use warren_common::config::{BalancerName, LevelMode, PolicyName};
-use warren_common::{Heartbeat, WorkerState};
 
-fn config(policy: PolicyName, balancer: BalancerName) -> DispatcherConfig {
-    DispatcherConfig {
+fn config(policy: PolicyName, balancer: BalancerName) -> Settings {
+    Settings {
         policy,
         balancer,
-        ..DispatcherConfig::default()
+        ..Settings::default()
     }
 }
 
-fn registry(workers: &[(&str, &[&str], &[&str], u32)]) -> Registry {
-    let mut registry = Registry::new(Duration::from_secs(3));
+fn registry(workers: &[(&str, &[&str], &[&str], u32)]) -> Fleet {
+    let mut registry = Fleet::new(Duration::from_secs(3));
     for (id, kinds, tags, concurrency) in workers {
         let beat = Heartbeat {
             worker: (*id).into(),
@@ -42,6 +42,7 @@ fn task(id: &str, kind: &str, requires: &[&str], arrived: Instant) -> TaskInfo {
         deadline: None,
         arrived,
         not_before: None,
+        origin: crate::decisions::Origin::Reentry,
     }
 }
 
@@ -49,7 +50,7 @@ fn held(task: TaskInfo) -> Held<()> {
     Held { task, handle: () }
 }
 
-fn drain(scheduler: &mut Scheduler<()>, registry: &mut Registry) -> Vec<(String, String)> {
+fn drain(scheduler: &mut Scheduler<()>, registry: &mut Fleet) -> Vec<(String, String)> {
     let mut order = vec![];
     let now = Instant::now();
     while let Some(a) = scheduler.next(registry, now) {
@@ -233,10 +234,10 @@ fn never_exceeds_credit_and_packs_costs() {
 #[test]
 fn weighted_levels_serve_low_levels_too() {
     let mut registry = registry(&[("w", &["echo"], &[], 1)]);
-    let dispatcher = DispatcherConfig {
+    let dispatcher = Settings {
         levels: LevelMode::Weighted,
         weights: vec![3, 1],
-        ..DispatcherConfig::default()
+        ..Settings::default()
     };
     let mut scheduler = Scheduler::new(2, &dispatcher, 1);
     let t = Instant::now();

@@ -1,21 +1,26 @@
-//! The simulation loop: drives the real scheduler core (registry, scheduler, policies,
-//! balancers) in virtual time. Tasks wait in per-level backlogs (the broker's queues), the
-//! dispatcher holds a window of each, and workers share their cores among running tasks.
+//! The simulation loop: drives the real scheduler core ([`Core`]: fleet, credit and lookahead,
+//! scheduler, policies, balancers, idempotency) in virtual time, exactly as the router does.
+//! Tasks wait in per-level backlogs (the broker's queues), the core holds a window of each;
+//! a worker runs up to its slots at once, sharing its cores, and a task sent beyond its free
+//! slots (the lookahead) waits in its queue, as on a real worker.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use warren_common::WorkerState;
-use warren_common::config::DispatcherConfig;
-
 use super::workload::{SimTask, WorkerSpec};
+use crate::decisions::{Admission, Core, Decision, Origin, Released};
+use crate::facts::{Status, WorkerState};
+use crate::fleet::WorkerEntry;
+use crate::idempotency::Ending;
 use crate::policy;
-use crate::registry::{Registry, WorkerEntry};
-use crate::scheduler::{Held, Scheduler, TaskInfo};
+use crate::scheduler::TaskInfo;
+use crate::settings::Settings;
 
 /// What happened to one task.
 #[derive(Debug, Clone, Default)]
 pub struct Record {
+    /// When it was sent to a worker, ms.
+    pub queued_ms: Option<f64>,
     /// When it started, ms.
     pub start_ms: Option<f64>,
     /// When it finished, ms.
@@ -38,8 +43,8 @@ pub struct Run {
 /// How a run is set up.
 #[derive(Clone)]
 pub struct Setup<'a> {
-    /// Dispatcher settings (policy, levels, balancer).
-    pub dispatcher: &'a DispatcherConfig,
+    /// The core's settings (policy, levels, balancer, lookahead).
+    pub settings: &'a Settings,
     /// Priority → level index.
     pub level_for: &'a dyn Fn(u8) -> usize,
     /// Number of levels.
@@ -57,14 +62,25 @@ struct Running {
     remaining: f64,
 }
 
+/// One simulated worker: what it runs and what waits in its queue.
+#[derive(Default)]
+struct SimWorker {
+    running: Vec<Running>,
+    queued: VecDeque<usize>,
+}
+
 /// Runs `tasks` on `workers` and records what happened.
 pub fn simulate(tasks: &[SimTask], workers: &[WorkerSpec], setup: &Setup<'_>) -> Run {
     let base = Instant::now();
     let at = |ms: f64| base + Duration::from_secs_f64(ms.max(0.0) / 1000.0);
     let kinds: BTreeSet<String> = tasks.iter().map(|t| t.kind.to_owned()).collect();
-    let mut registry = Registry::new(Duration::from_secs(u64::MAX / 4));
+    let settings = Settings {
+        heartbeat_timeout: Duration::from_secs(u64::MAX / 4),
+        ..setup.settings.clone()
+    };
+    let mut core: Core<usize> = Core::new(setup.levels, &settings, setup.seed);
     for spec in workers {
-        registry.insert(WorkerEntry {
+        core.add_worker(WorkerEntry {
             id: spec.id.clone(),
             queue: spec.id.clone(),
             kinds: kinds.clone(),
@@ -84,10 +100,8 @@ pub fn simulate(tasks: &[SimTask], workers: &[WorkerSpec], setup: &Setup<'_>) ->
         .enumerate()
         .map(|(i, w)| (w.id.as_str(), i))
         .collect();
-    let mut scheduler: Scheduler<usize> =
-        Scheduler::new(setup.levels, setup.dispatcher, setup.seed);
     let mut backlog: Vec<VecDeque<usize>> = vec![VecDeque::new(); setup.levels];
-    let mut running: Vec<Vec<Running>> = workers.iter().map(|_| Vec::new()).collect();
+    let mut pool: Vec<SimWorker> = workers.iter().map(|_| SimWorker::default()).collect();
     let mut records = vec![Record::default(); tasks.len()];
     let mut busy_ms = vec![0.0; workers.len()];
     let (mut now, mut next_arrival) = (0.0_f64, 0);
@@ -97,8 +111,9 @@ pub fn simulate(tasks: &[SimTask], workers: &[WorkerSpec], setup: &Setup<'_>) ->
     loop {
         let completion = (0..workers.len())
             .filter_map(|w| {
-                let fastest = running[w].iter().map(|r| r.remaining).reduce(f64::min)?;
-                Some((now + fastest / rate(w, running[w].len()), w))
+                let running = &pool[w].running;
+                let fastest = running.iter().map(|r| r.remaining).reduce(f64::min)?;
+                Some((now + fastest / rate(w, running.len()), w))
             })
             .min_by(|a, b| a.0.total_cmp(&b.0));
         let arrival = tasks.get(next_arrival).map(|t| t.arrival_ms);
@@ -108,7 +123,8 @@ pub fn simulate(tasks: &[SimTask], workers: &[WorkerSpec], setup: &Setup<'_>) ->
             (Some(a), None) => a,
             (None, Some((c, _))) => c,
         };
-        for (w, runs) in running.iter_mut().enumerate() {
+        for (w, worker) in pool.iter_mut().enumerate() {
+            let runs = &mut worker.running;
             let step = (t - now) * rate(w, runs.len());
             runs.iter_mut().for_each(|r| r.remaining -= step);
             let cores = f64::from(workers[w].cores);
@@ -118,54 +134,105 @@ pub fn simulate(tasks: &[SimTask], workers: &[WorkerSpec], setup: &Setup<'_>) ->
         match completion {
             Some((c, w)) if arrival.is_none_or(|a| c <= a) => {
                 let (done, still): (Vec<Running>, Vec<Running>) =
-                    running[w].drain(..).partition(|r| r.remaining <= 1e-9);
-                running[w] = still;
+                    pool[w].running.drain(..).partition(|r| r.remaining <= 1e-9);
+                pool[w].running = still;
                 for finished in done {
                     let record = &mut records[finished.task];
                     record.end_ms = Some(now);
                     let started = record.start_ms.unwrap_or(now);
-                    registry.released(&workers[w].id, &finished.task.to_string());
-                    scheduler.observe(tasks[finished.task].kind, now - started);
+                    core.released(Released {
+                        worker: workers[w].id.clone(),
+                        task: finished.task.to_string(),
+                        ran: Some((tasks[finished.task].kind.to_owned(), now - started)),
+                        ending: Some(succeeded()),
+                    });
                 }
+                start_queued(
+                    &mut pool[w],
+                    workers[w].concurrency,
+                    tasks,
+                    &mut records,
+                    now,
+                );
             }
             _ => {
                 let task = &tasks[next_arrival];
                 let level =
-                    policy::intake_level(setup.dispatcher.policy, task.priority, setup.level_for);
+                    policy::intake_level(setup.settings.policy, task.priority, setup.level_for);
                 records[next_arrival].level = level;
                 backlog[level].push_back(next_arrival);
                 next_arrival += 1;
             }
         }
-        for expired in scheduler.take_expired(at(now)) {
+        for expired in core.expired(at(now)) {
             records[expired.handle].expired = true;
         }
         loop {
-            refill(&mut scheduler, &mut backlog, tasks, setup, &at);
-            let Some(assignment) = scheduler.next(&registry, at(now)) else {
+            refill(&mut core, &mut backlog, tasks, setup, &at);
+            let Some(decision) = core.next(at(now)) else {
                 break;
             };
-            let task = assignment.held.handle;
-            registry.dispatched(&assignment.worker, &assignment.held.task.id, 1, at(now));
-            records[task].start_ms = Some(now);
-            running[index_of[assignment.worker.as_str()]].push(Running {
-                task,
-                remaining: tasks[task].work_ms,
-            });
+            let Decision::Send(assignment) = decision else {
+                unreachable!("simulated task ids are unique");
+            };
+            let w = index_of[assignment.worker.as_str()];
+            records[assignment.held.handle].queued_ms = Some(now);
+            pool[w].queued.push_back(assignment.held.handle);
+            start_queued(
+                &mut pool[w],
+                workers[w].concurrency,
+                tasks,
+                &mut records,
+                now,
+            );
         }
     }
     Run { records, busy_ms }
 }
 
+/// Starts what waits in a worker's queue while it has a free slot.
+fn start_queued(
+    worker: &mut SimWorker,
+    slots: u32,
+    tasks: &[SimTask],
+    records: &mut [Record],
+    now: f64,
+) {
+    while worker.running.len() < slots as usize {
+        let Some(task) = worker.queued.pop_front() else {
+            return;
+        };
+        records[task].start_ms = Some(now);
+        worker.running.push(Running {
+            task,
+            remaining: tasks[task].work_ms,
+        });
+    }
+}
+
+/// How a simulated task ends.
+fn succeeded() -> Ending {
+    Ending {
+        status: Status::Succeeded,
+        result: None,
+        result_omitted: false,
+        error: None,
+        attempts: 1,
+        worker: None,
+        started_at: None,
+        finished_at: None,
+    }
+}
+
 /// Tops up every level's window from its backlog, as the broker delivers up to the prefetch.
 fn refill(
-    scheduler: &mut Scheduler<usize>,
+    core: &mut Core<usize>,
     backlog: &mut [VecDeque<usize>],
     tasks: &[SimTask],
     setup: &Setup<'_>,
     at: &dyn Fn(f64) -> Instant,
 ) {
-    let held = scheduler.held();
+    let held = core.held();
     for (level, queue) in backlog.iter_mut().enumerate() {
         for _ in held[level]..setup.window {
             let Some(index) = queue.pop_front() else {
@@ -181,14 +248,10 @@ fn refill(
                 deadline: task.deadline_ms.map(at),
                 arrived: at(task.arrival_ms),
                 not_before: None,
+                origin: Origin::Submitted { waiter: None },
             };
-            scheduler.push(
-                level,
-                Held {
-                    task: info,
-                    handle: index,
-                },
-            );
+            let admitted = core.arrived(level, info, index, at(task.arrival_ms));
+            debug_assert!(matches!(admitted, Admission::Held));
         }
     }
 }

@@ -4,16 +4,17 @@
 //! Pure: no broker types (the handle `H` is whatever the caller needs to settle a task later),
 //! `now` and the rng seed passed in.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use warren_common::config::DispatcherConfig;
 
 use crate::balancer::Balancer;
+use crate::decisions::Origin;
+use crate::fleet::{Fleet, WorkerEntry};
 use crate::levels::LevelSelector;
 use crate::policy::{self, Estimator, OrderKey, Policy};
-use crate::registry::{Registry, WorkerEntry};
+use crate::settings::Settings;
 
 /// What the scheduler needs to know of a held task.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +35,9 @@ pub struct TaskInfo {
     pub arrived: Instant,
     /// Not to be started before then (a retry's backoff).
     pub not_before: Option<Instant>,
+    /// Where it comes from: a client's fresh submission is checked against the idempotency
+    /// window when it arrives and again when it is sent.
+    pub origin: Origin,
 }
 
 /// A held task and its handle.
@@ -74,16 +78,15 @@ pub struct Scheduler<H> {
 }
 
 impl<H> Scheduler<H> {
-    /// A scheduler over `levels` levels, set up as `config` says, with a seeded rng.
-    pub fn new(levels: usize, config: &DispatcherConfig, seed: u64) -> Scheduler<H> {
-        let aging = (config.aging_ms > 0).then(|| Duration::from_millis(config.aging_ms));
-        let mut weights = config.weights.clone();
+    /// A scheduler over `levels` levels, set up as `settings` say, with a seeded rng.
+    pub fn new(levels: usize, settings: &Settings, seed: u64) -> Scheduler<H> {
+        let mut weights = settings.weights.clone();
         weights.resize(levels, 1);
         Scheduler {
             levels: (0..levels).map(|_| Vec::new()).collect(),
-            policy: config.policy,
-            selector: LevelSelector::new(config.levels, &weights, aging),
-            balancer: Balancer::new(config.balancer),
+            policy: settings.policy,
+            selector: LevelSelector::new(settings.levels, &weights, settings.aging),
+            balancer: Balancer::new(settings.balancer),
             estimator: Estimator::default(),
             rng: StdRng::seed_from_u64(seed),
         }
@@ -121,7 +124,7 @@ impl<H> Scheduler<H> {
     }
 
     /// Held tasks that no known worker is able to run at all, by kind (they wait).
-    pub fn unrunnable(&self, registry: &Registry) -> Vec<(String, usize)> {
+    pub fn unrunnable(&self, registry: &Fleet) -> Vec<(String, usize)> {
         let mut kinds: Vec<(String, usize)> = Vec::new();
         for held in self.levels.iter().flatten() {
             let task = &held.task;
@@ -140,7 +143,7 @@ impl<H> Scheduler<H> {
 
     /// The next task to send and where, if any held task can go to a worker now. Tasks no
     /// worker can take now stay held without blocking the ones behind them.
-    pub fn next(&mut self, registry: &Registry, now: Instant) -> Option<Assignment<H>> {
+    pub fn next(&mut self, registry: &Fleet, now: Instant) -> Option<Assignment<H>> {
         // Per level: the runnable task the policy puts first, and the oldest runnable one.
         let mut first: Vec<Option<usize>> = vec![None; self.levels.len()];
         let mut oldest: Vec<Option<Instant>> = vec![None; self.levels.len()];

@@ -9,8 +9,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::facts::json_len_within;
 use serde_json::Value;
-use warren_common::events::json_len_within;
 
 /// Results kept for answering duplicates, in bytes of JSON at most (beyond it, only the
 /// outcome is kept).
@@ -29,9 +29,9 @@ pub struct Waiter {
 
 /// How a task ended, as much as a duplicate's submitter is told.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Outcome {
+pub struct Ending {
     /// Final status: `succeeded`, `failed` or `dead`.
-    pub status: warren_common::Status,
+    pub status: crate::facts::Status,
     /// The result (`None` for `null`, and when it was not kept).
     pub result: Option<Value>,
     /// Whether a result was left out for its size.
@@ -48,15 +48,15 @@ pub struct Outcome {
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// What to do with a task the dispatcher is about to hold or send.
+/// What the window knows of a task id the dispatcher is about to hold or send.
 #[derive(Debug, PartialEq)]
-pub enum Verdict {
+pub enum Prior {
     /// Not seen in the window: run it.
-    New,
+    Unseen,
     /// Already dispatched and not finished: the answer comes later (the waiter was recorded).
     Pending,
     /// Already finished: answer with this.
-    Done(Outcome),
+    Done(Ending),
 }
 
 // Entries are kept small (a window holds up to `dispatcher.dedupe_max` of them): the outcome
@@ -64,7 +64,7 @@ pub enum Verdict {
 #[derive(Debug)]
 enum State {
     Pending(Vec<Waiter>),
-    Done(Box<Outcome>),
+    Done(Box<Ending>),
 }
 
 #[derive(Debug)]
@@ -78,7 +78,7 @@ struct Entry {
 
 /// The window of recently dispatched task ids.
 #[derive(Debug)]
-pub struct Dedupe {
+pub struct Idempotency {
     window: Duration,
     max: usize,
     entries: HashMap<Arc<str>, Entry>,
@@ -86,10 +86,10 @@ pub struct Dedupe {
     result_bytes: usize,
 }
 
-impl Dedupe {
+impl Idempotency {
     /// A window of `window` (zero: off) holding at most `max` ids.
-    pub fn new(window: Duration, max: usize) -> Dedupe {
-        Dedupe {
+    pub fn new(window: Duration, max: usize) -> Idempotency {
+        Idempotency {
             window,
             max,
             entries: HashMap::new(),
@@ -114,20 +114,20 @@ impl Dedupe {
     }
 
     /// Looks `id` up for a new submission; a pending one records `waiter` to answer later.
-    pub fn check(&mut self, id: &str, waiter: Option<Waiter>, now: Instant) -> Verdict {
+    pub fn check(&mut self, id: &str, waiter: Option<Waiter>, now: Instant) -> Prior {
         self.evict(now);
         let Some(entry) = self.entries.get_mut(id) else {
-            return Verdict::New;
+            return Prior::Unseen;
         };
         match &mut entry.state {
-            State::Done(outcome) => Verdict::Done((**outcome).clone()),
+            State::Done(outcome) => Prior::Done((**outcome).clone()),
             State::Pending(waiters) => {
                 if let Some(waiter) = waiter
                     && waiters.len() < MAX_WAITERS
                 {
                     waiters.push(waiter);
                 }
-                Verdict::Pending
+                Prior::Pending
             }
         }
     }
@@ -166,7 +166,7 @@ impl Dedupe {
     }
 
     /// Records how `id` ended; returns its kind and the submitters waiting for it.
-    pub fn finished(&mut self, id: &str, mut outcome: Outcome) -> Option<(String, Vec<Waiter>)> {
+    pub fn finished(&mut self, id: &str, mut outcome: Ending) -> Option<(String, Vec<Waiter>)> {
         let entry = self.entries.get_mut(id)?;
         let bytes = outcome.result.as_ref().map_or(0, |r| {
             json_len_within(r, RESULT_BUDGET).unwrap_or(usize::MAX)
@@ -215,10 +215,10 @@ impl Dedupe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use warren_common::Status;
+    use crate::facts::Status;
 
-    fn outcome(result: Value) -> Outcome {
-        Outcome {
+    fn outcome(result: Value) -> Ending {
+        Ending {
             status: Status::Succeeded,
             result: Some(result),
             result_omitted: false,
@@ -240,57 +240,57 @@ mod tests {
     #[test]
     fn a_duplicate_waits_for_the_first_result_then_gets_it_at_once() {
         let t0 = Instant::now();
-        let mut dedupe = Dedupe::new(Duration::from_secs(60), 10);
-        assert_eq!(dedupe.check("a", waiter("first"), t0), Verdict::New);
+        let mut dedupe = Idempotency::new(Duration::from_secs(60), 10);
+        assert_eq!(dedupe.check("a", waiter("first"), t0), Prior::Unseen);
         dedupe.dispatched("a", "echo", t0);
-        assert_eq!(dedupe.check("a", waiter("second"), t0), Verdict::Pending);
+        assert_eq!(dedupe.check("a", waiter("second"), t0), Prior::Pending);
         let (kind, waiters) = dedupe.finished("a", outcome(Value::from(5))).unwrap();
         assert_eq!(kind, "echo");
         assert_eq!(waiters, vec![waiter("second").unwrap()]);
         assert_eq!(
             dedupe.check("a", waiter("third"), t0),
-            Verdict::Done(outcome(Value::from(5)))
+            Prior::Done(outcome(Value::from(5)))
         );
     }
 
     #[test]
     fn the_window_is_bounded_by_time_and_count() {
         let t0 = Instant::now();
-        let mut dedupe = Dedupe::new(Duration::from_secs(60), 3);
+        let mut dedupe = Idempotency::new(Duration::from_secs(60), 3);
         for id in ["a", "b", "c", "d"] {
             dedupe.dispatched(id, "k", t0);
         }
         assert_eq!(dedupe.len(), 3);
-        assert_eq!(dedupe.check("a", None, t0), Verdict::New);
-        assert_eq!(dedupe.check("d", None, t0), Verdict::Pending);
+        assert_eq!(dedupe.check("a", None, t0), Prior::Unseen);
+        assert_eq!(dedupe.check("d", None, t0), Prior::Pending);
         let later = t0 + Duration::from_secs(61);
-        assert_eq!(dedupe.check("d", None, later), Verdict::New);
+        assert_eq!(dedupe.check("d", None, later), Prior::Unseen);
         assert!(dedupe.is_empty());
     }
 
     #[test]
     fn a_failed_dispatch_is_forgotten_and_a_zero_window_keeps_nothing() {
         let t0 = Instant::now();
-        let mut dedupe = Dedupe::new(Duration::from_secs(60), 3);
+        let mut dedupe = Idempotency::new(Duration::from_secs(60), 3);
         dedupe.dispatched("a", "k", t0);
         dedupe.undispatched("a");
-        assert_eq!(dedupe.check("a", None, t0), Verdict::New);
-        let mut off = Dedupe::new(Duration::ZERO, 3);
+        assert_eq!(dedupe.check("a", None, t0), Prior::Unseen);
+        let mut off = Idempotency::new(Duration::ZERO, 3);
         off.dispatched("a", "k", t0);
-        assert_eq!(off.check("a", None, t0), Verdict::New);
+        assert_eq!(off.check("a", None, t0), Prior::Unseen);
     }
 
     #[test]
     fn big_results_are_not_kept_past_the_budget() {
         let t0 = Instant::now();
-        let mut dedupe = Dedupe::new(Duration::from_secs(60), 1000);
+        let mut dedupe = Idempotency::new(Duration::from_secs(60), 1000);
         let big = Value::from("x".repeat(RESULT_BUDGET / 2));
         for id in ["a", "b", "c"] {
             dedupe.dispatched(id, "k", t0);
             dedupe.finished(id, outcome(big.clone()));
         }
-        let kept = |id: &str, dedupe: &mut Dedupe| match dedupe.check(id, None, t0) {
-            Verdict::Done(o) => o.result.is_some(),
+        let kept = |id: &str, dedupe: &mut Idempotency| match dedupe.check(id, None, t0) {
+            Prior::Done(o) => o.result.is_some(),
             other => panic!("{other:?}"),
         };
         assert!(kept("a", &mut dedupe));

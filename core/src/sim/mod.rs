@@ -1,4 +1,4 @@
-//! The simulator behind `warren-sim`: the real scheduler core driven in virtual time against
+//! The simulator behind `warren-sim`: the real scheduling core ([`crate::Core`]) driven in virtual time against
 //! synthetic workloads, seeded and reproducible.
 
 mod engine;
@@ -12,8 +12,47 @@ pub use workload::{KindSpec, SimTask, WorkerSpec, default_kinds, default_workers
 #[cfg(test)]
 mod tests {
     use super::*;
-    use warren_common::Topology;
-    use warren_common::config::{BalancerName, DispatcherConfig, PolicyName};
+    use crate::levels::{DEFAULT_MIN_PRIORITIES, level_for};
+    use crate::settings::{BalancerName, PolicyName, Settings};
+    use std::time::Duration;
+
+    #[test]
+    fn a_lookahead_queues_tasks_at_workers_and_none_start_late_without_it() {
+        let measure = |lookahead_ms: u64| {
+            let workers = default_workers(4, 3);
+            let tasks = generate(8_000, 0.9, &default_kinds(), &workers, None, 7);
+            let level_for = |p| level_for(DEFAULT_MIN_PRIORITIES, p);
+            let settings = Settings {
+                policy: PolicyName::Sjf,
+                balancer: BalancerName::LeastLoaded,
+                lookahead: Duration::from_millis(lookahead_ms),
+                ..Settings::default()
+            };
+            let setup = Setup {
+                settings: &settings,
+                level_for: &level_for,
+                levels: 3,
+                window: 64,
+                oracle: false,
+                seed: 7,
+            };
+            let run = simulate(&tasks, &workers, &setup);
+            let queued = tasks
+                .iter()
+                .zip(&run.records)
+                .filter(|(_, r)| r.queued_ms.is_some_and(|q| r.start_ms.unwrap() > q))
+                .count();
+            (Metrics::measure("", "", &tasks, &run, 2), queued)
+        };
+        let (without, queued_without) = measure(0);
+        let (with, queued_with) = measure(20);
+        assert_eq!(
+            queued_without, 0,
+            "no lookahead: every task starts as it is sent"
+        );
+        assert!(queued_with > 0, "a lookahead queues tasks at workers");
+        assert_eq!((with.unfinished, without.unfinished), (0, 0));
+    }
 
     fn run(policy: PolicyName, balancer: BalancerName, oracle: bool) -> Metrics {
         run_seed(policy, balancer, oracle, 7)
@@ -22,15 +61,16 @@ mod tests {
     fn run_seed(policy: PolicyName, balancer: BalancerName, oracle: bool, seed: u64) -> Metrics {
         let workers = default_workers(4, 3);
         let tasks = generate(8_000, 0.9, &default_kinds(), &workers, None, seed);
-        let topology = Topology::new("sim");
-        let level_for = |p| topology.level_for(p);
-        let dispatcher = DispatcherConfig {
+        let level_for = |p| level_for(DEFAULT_MIN_PRIORITIES, p);
+        // No lookahead, as these figures were first measured.
+        let dispatcher = Settings {
             policy,
             balancer,
-            ..DispatcherConfig::default()
+            lookahead: Duration::ZERO,
+            ..Settings::default()
         };
         let setup = Setup {
-            dispatcher: &dispatcher,
+            settings: &dispatcher,
             level_for: &level_for,
             levels: 3,
             window: 64,
@@ -81,11 +121,13 @@ mod tests {
     fn strict_priority_waits_least_on_the_most_urgent_level() {
         let workers = default_workers(4, 3);
         let tasks = generate(4_000, 0.95, &default_kinds(), &workers, None, 3);
-        let topology = Topology::new("sim");
-        let level_for = |p| topology.level_for(p);
-        let dispatcher = DispatcherConfig::default();
+        let level_for = |p| level_for(DEFAULT_MIN_PRIORITIES, p);
+        let dispatcher = Settings {
+            lookahead: Duration::ZERO,
+            ..Settings::default()
+        };
         let setup = Setup {
-            dispatcher: &dispatcher,
+            settings: &dispatcher,
             level_for: &level_for,
             levels: 3,
             window: 64,

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-pub use warren_common::config::PolicyName as Policy;
+pub use crate::settings::PolicyName as Policy;
 
 /// How much one observation moves a kind's estimate (exponentially weighted average).
 const ALPHA: f64 = 0.2;

@@ -5,7 +5,23 @@
 
 use std::time::{Duration, Instant};
 
-pub use warren_common::config::LevelMode;
+pub use crate::settings::LevelMode;
+
+/// The level a task of `priority` belongs to, given each level's lowest priority, most urgent
+/// level first (the last level takes everything below the others).
+pub fn level_for(min_priorities: impl IntoIterator<Item = u8>, priority: u8) -> usize {
+    let mut count = 0;
+    for (index, min) in min_priorities.into_iter().enumerate() {
+        if priority >= min {
+            return index;
+        }
+        count = index + 1;
+    }
+    count.saturating_sub(1)
+}
+
+/// Each default level's lowest priority: `high` 7–9, `normal` 4–6, `low` 0–3.
+pub const DEFAULT_MIN_PRIORITIES: [u8; 3] = [7, 4, 0];
 
 /// The level-selection state.
 #[derive(Debug, Clone)]
