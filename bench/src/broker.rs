@@ -16,7 +16,7 @@ use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, Consumer, PublisherConfirm,
 };
 use warren_common::Topology;
-use warren_common::broker::check_confirmation;
+use warren_common::publish::check_confirmation;
 
 /// Opens a connection named `name` in the management console.
 pub(crate) async fn connect(url: &str, name: &str) -> Result<Connection> {

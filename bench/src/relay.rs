@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ExchangeDeleteOptions};
 use lapin::{Channel, Connection, Consumer};
 use tokio::task::JoinHandle;
-use warren_common::broker::{check_confirmation, settle};
+use warren_common::publish::{check_confirmation, settle};
 
 use crate::Settings;
 use crate::broker::{self, ConfirmWindow};

@@ -10,10 +10,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use warren_common::broker::{check_confirmation, private_consumer};
+use warren_common::publish::{check_confirmation, private_consumer};
 use warren_common::{Status, TaskResult, confirmed_channel};
 
-use crate::Context_;
+use crate::Session;
 use crate::submit::publish_task;
 
 /// Publishes in flight (unconfirmed) at most.
@@ -64,7 +64,7 @@ fn bar(length: usize, what: &str) -> ProgressBar {
 }
 
 /// Submits every task of `path`; returns the exit code (with `wait`: 0 if all succeeded).
-pub(crate) async fn run(context: &Context_, path: &Path, wait: bool, timeout: u64) -> Result<i32> {
+pub(crate) async fn run(context: &Session, path: &Path, wait: bool, timeout: u64) -> Result<i32> {
     let tasks = read_tasks(path)?;
     let channel = confirmed_channel(&context.connection).await?;
     let mut replies = None;

@@ -6,16 +6,16 @@ use std::time::Duration;
 
 use anyhow::Result;
 use futures_util::StreamExt;
-use warren_common::broker::{inspect_queue, private_consumer};
+use warren_common::publish::{inspect_queue, private_consumer};
 use warren_common::{Heartbeat, WorkerState};
 
-use crate::Context_;
+use crate::Session;
 
 /// How long to listen for heartbeats beyond one heartbeat period.
 const MARGIN: Duration = Duration::from_millis(500);
 
 /// Prints every queue's depth and consumers, the live workers and the leader.
-pub(crate) async fn status(context: &Context_) -> Result<i32> {
+pub(crate) async fn status(context: &Session) -> Result<i32> {
     let topology = &context.topology;
     let mut queues = vec![("intake".to_owned(), topology.intake_queue())];
     for (index, level) in topology.levels.iter().enumerate() {
@@ -63,7 +63,7 @@ pub(crate) async fn status(context: &Context_) -> Result<i32> {
 }
 
 /// Prints the live workers.
-pub(crate) async fn workers(context: &Context_) -> Result<i32> {
+pub(crate) async fn workers(context: &Session) -> Result<i32> {
     let workers = listen(context).await?.workers;
     println!(
         "{:<32} {:<9} {:>7} {:>6} {:>5} {:>9}  {:<24} tags",
@@ -102,7 +102,7 @@ struct Heard {
 }
 
 /// Listens to the events exchange for one heartbeat period (plus a margin).
-async fn listen(context: &Context_) -> Result<Heard> {
+async fn listen(context: &Session) -> Result<Heard> {
     let channel = context.connection.create_channel().await?;
     let events = context.topology.events_exchange();
     let bindings = [

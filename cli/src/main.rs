@@ -84,7 +84,7 @@ enum QueueAction {
 }
 
 /// What every command needs: settings, names and a connection.
-pub(crate) struct Context_ {
+pub(crate) struct Session {
     /// Settings.
     pub(crate) config: Config,
     /// Names on the broker.
@@ -105,7 +105,7 @@ async fn main() -> Result<()> {
     };
     let pool = Pool::new(&config.amqp, "warren-cli")?;
     let connection = pool.get().await.context("connecting to the broker")?;
-    let context = Context_ {
+    let context = Session {
         topology: config.topology(),
         config,
         connection,

@@ -6,18 +6,18 @@ use lapin::BasicProperties;
 use lapin::message::BasicGetMessage;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueuePurgeOptions};
 use lapin::types::FieldTable;
-use warren_common::broker::{check_confirmation, inspect_queue, publish_to_queue};
 use warren_common::message::{attempts, header_str};
+use warren_common::publish::{check_confirmation, inspect_queue, publish_to_queue};
 use warren_common::{
     HEADER_ATTEMPTS, HEADER_HISTORY, HEADER_NOT_BEFORE, HEADER_REASON, HEADER_REDELIVERED,
     HEADER_SUBMITTED, confirmed_channel,
 };
 
-use crate::{Context_, QueueAction};
+use crate::{QueueAction, Session};
 
 /// Runs `action` on `queue`; `dead` allows requeueing.
 pub(crate) async fn run(
-    context: &Context_,
+    context: &Session,
     queue: &str,
     action: QueueAction,
     dead: bool,
@@ -60,7 +60,7 @@ async fn fetch(
     Ok(messages)
 }
 
-async fn list(context: &Context_, queue: &str, limit: usize) -> Result<i32> {
+async fn list(context: &Session, queue: &str, limit: usize) -> Result<i32> {
     let channel = context.connection.create_channel().await?;
     let messages = fetch(&channel, queue, limit).await?;
     println!("{:<40} {:<20} {:>8}  reason", "id", "kind", "attempts");
@@ -113,7 +113,7 @@ async fn list(context: &Context_, queue: &str, limit: usize) -> Result<i32> {
     Ok(0)
 }
 
-async fn requeue(context: &Context_, queue: &str, ids: &[String], all: bool) -> Result<i32> {
+async fn requeue(context: &Session, queue: &str, ids: &[String], all: bool) -> Result<i32> {
     let channel = confirmed_channel(&context.connection).await?;
     let intake = context.topology.intake_queue();
     let messages = fetch(&channel, queue, usize::MAX).await?;

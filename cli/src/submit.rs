@@ -6,10 +6,10 @@ use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
-use warren_common::broker::{check_confirmation, private_consumer};
+use warren_common::publish::{check_confirmation, private_consumer};
 use warren_common::{Status, TaskResult, confirmed_channel};
 
-use crate::Context_;
+use crate::Session;
 
 /// Publishes `task` (a JSON object with `kind` and `id`) to `exchange`, routing key = its
 /// kind, persistent, with its id as correlation id and `reply_to` if given; returns the
@@ -43,7 +43,7 @@ pub(crate) async fn publish_task(
 
 /// Submits a task of `kind`; returns the exit code.
 pub(crate) async fn run(
-    context: &Context_,
+    context: &Session,
     kind: &str,
     payload: &str,
     priority: Option<u8>,

@@ -9,16 +9,18 @@ pub mod events;
 pub mod logging;
 pub mod message;
 pub mod metrics;
+pub mod publish;
 pub mod reclaim;
 pub mod shutdown;
 pub mod startup;
 pub mod topology;
 
-pub use broker::{BrokerError, Pool, confirmed_channel, publish_confirmed};
+pub use broker::{BrokerError, Pool};
 pub use config::redact;
 pub use config::{Config, ConfigError};
 pub use envelope::{Rejection, Task, TaskDefaults};
 pub use events::{Heartbeat, Status, TaskEvent, TaskResult, WorkerState};
+pub use publish::{confirmed_channel, publish_confirmed};
 pub use topology::Topology;
 
 /// AMQP header carrying the human-readable reason a message was rejected or declared dead.

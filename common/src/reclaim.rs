@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use crate::broker::inspect_queue;
 use crate::message::with_reason;
+use crate::publish::inspect_queue;
 use crate::{BrokerError, Task, Topology, confirmed_channel, publish_confirmed};
 use lapin::Connection;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};

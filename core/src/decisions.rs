@@ -10,23 +10,8 @@ use std::time::Instant;
 use crate::facts::Heartbeat;
 use crate::fleet::{Change, Fleet, WorkerEntry};
 use crate::idempotency::{Ending, Idempotency, Prior, Waiter};
-use crate::scheduler::{Assignment, Held, Scheduler, TaskInfo};
+use crate::scheduler::{Assignment, Held, Origin, Scheduler, TaskInfo};
 use crate::settings::Settings;
-
-/// Where a task handed to the core comes from, as far as its delivery tells.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Origin {
-    /// A client's submission on its first way through: the idempotency window applies, and a
-    /// duplicate's answer goes to `waiter`.
-    Submitted {
-        /// Where a duplicate's answer goes, if it asked for one.
-        waiter: Option<Waiter>,
-    },
-    /// Possibly a copy of a task that a dispatcher which died had already passed on.
-    Redelivered,
-    /// warren's own re-entry: a retry, a requeue from the dead queue, a reclaimed task.
-    Reentry,
-}
 
 /// What to do with a task handed to the core.
 #[derive(Debug)]

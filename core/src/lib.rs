@@ -28,9 +28,9 @@ pub mod scheduler;
 pub mod settings;
 pub mod sim;
 
-pub use decisions::{Admission, Core, Decision, Origin, Released};
+pub use decisions::{Admission, Core, Decision, Released};
 pub use facts::{Heartbeat, Status, WorkerState};
 pub use fleet::{Change, Fleet, WorkerEntry};
 pub use idempotency::{Ending, Idempotency, Prior, Waiter};
-pub use scheduler::{Assignment, Held, Scheduler, TaskInfo};
+pub use scheduler::{Assignment, Held, Origin, Scheduler, TaskInfo};
 pub use settings::Settings;

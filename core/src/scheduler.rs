@@ -10,8 +10,8 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::balancer::Balancer;
-use crate::decisions::Origin;
 use crate::fleet::{Fleet, WorkerEntry};
+use crate::idempotency::Waiter;
 use crate::levels::LevelSelector;
 use crate::policy::{self, Estimator, OrderKey, Policy};
 use crate::settings::Settings;
@@ -38,6 +38,21 @@ pub struct TaskInfo {
     /// Where it comes from: a client's fresh submission is checked against the idempotency
     /// window when it arrives and again when it is sent.
     pub origin: Origin,
+}
+
+/// Where a task handed to the core comes from, as far as its delivery tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A client's submission on its first way through: the idempotency window applies, and a
+    /// duplicate's answer goes to `waiter`.
+    Submitted {
+        /// Where a duplicate's answer goes, if it asked for one.
+        waiter: Option<Waiter>,
+    },
+    /// Possibly a copy of a task that a dispatcher which died had already passed on.
+    Redelivered,
+    /// warren's own re-entry: a retry, a requeue from the dead queue, a reclaimed task.
+    Reentry,
 }
 
 /// A held task and its handle.

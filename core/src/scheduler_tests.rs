@@ -42,7 +42,7 @@ fn task(id: &str, kind: &str, requires: &[&str], arrived: Instant) -> TaskInfo {
         deadline: None,
         arrived,
         not_before: None,
-        origin: crate::decisions::Origin::Reentry,
+        origin: crate::scheduler::Origin::Reentry,
     }
 }
 

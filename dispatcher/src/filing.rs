@@ -6,7 +6,7 @@ use lapin::message::Delivery;
 use lapin::{BasicProperties, Channel, PublisherConfirm};
 use tracing::warn;
 use warren_common::BrokerError;
-use warren_common::broker::{check_confirmation, publish_to_queue, settle};
+use warren_common::publish::{check_confirmation, publish_to_queue, settle};
 
 /// A message published to its new home, awaiting the broker's confirms.
 pub(crate) struct Filed {

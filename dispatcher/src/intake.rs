@@ -14,9 +14,9 @@ use lapin::{BasicProperties, Channel, Connection};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
-use warren_common::broker::publish_result;
 use warren_common::envelope::SubmitProperties;
 use warren_common::message::with_reason;
+use warren_common::publish::publish_result;
 use warren_common::{BrokerError, Status, Task, TaskResult, confirmed_channel};
 
 use crate::Dispatcher;

@@ -21,8 +21,8 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
-use warren_common::broker::inspect_queue;
 use warren_common::message::json_properties;
+use warren_common::publish::inspect_queue;
 use warren_common::{BrokerError, Topology, confirmed_channel, publish_confirmed};
 
 use crate::feeds::Input;

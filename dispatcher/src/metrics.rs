@@ -12,8 +12,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use warren_common::Topology;
-use warren_common::broker::inspect_queue;
 use warren_common::metrics::TaskLabels;
+use warren_common::publish::inspect_queue;
 
 /// How often queue depths are read from the broker.
 const DEPTH_PERIOD: Duration = Duration::from_secs(2);

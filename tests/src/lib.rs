@@ -26,7 +26,7 @@ use warren_common::config::AmqpConfig;
 use warren_common::{Config, TaskEvent, TaskResult, Topology, broker};
 
 pub use warren_common;
-pub use warren_worker::{HandlerError, Registry, TaskContext};
+pub use warren_worker::{HandlerError, Handlers, TaskContext};
 
 /// The broker the tests use.
 pub fn broker_url() -> String {
@@ -181,7 +181,7 @@ impl TestEnv {
     }
 
     /// Starts a worker in this process with the built-in handlers plus `extra`.
-    pub fn worker(&self, id: &str, concurrency: u32, extra: Registry) -> Component {
+    pub fn worker(&self, id: &str, concurrency: u32, extra: Handlers) -> Component {
         let mut config = self.config.clone();
         config.worker.id = Some(id.to_owned());
         config.worker.concurrency = concurrency;
@@ -189,8 +189,8 @@ impl TestEnv {
     }
 
     /// Starts a worker in this process with `config`, the built-in handlers plus `extra`.
-    pub fn worker_with(&self, config: Config, extra: Registry) -> Component {
-        let mut handlers = Registry::with_builtins(&config);
+    pub fn worker_with(&self, config: Config, extra: Handlers) -> Component {
+        let mut handlers = Handlers::with_builtins(&config);
         handlers.merge(extra);
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
@@ -248,7 +248,7 @@ impl TestEnv {
     /// A private reply queue (server-named, exclusive) and a consumer on it.
     pub async fn reply_queue(&self) -> Result<Replies> {
         let channel = self.connection.create_channel().await?;
-        let (name, consumer) = warren_common::broker::private_consumer(&channel, &[]).await?;
+        let (name, consumer) = warren_common::publish::private_consumer(&channel, &[]).await?;
         Ok(Replies {
             name,
             consumer,
@@ -374,7 +374,7 @@ impl TestEnv {
     /// Ready messages in a queue (unacked ones are not counted).
     pub async fn depth(&self, queue: &str) -> Result<u32> {
         let channel = self.connection.create_channel().await?;
-        let state = warren_common::broker::inspect_queue(&channel, queue).await?;
+        let state = warren_common::publish::inspect_queue(&channel, queue).await?;
         let _ = channel.close(200, "".into()).await;
         Ok(state.message_count())
     }
@@ -382,7 +382,7 @@ impl TestEnv {
     /// Consumers attached to a queue.
     pub async fn consumers(&self, queue: &str) -> Result<u32> {
         let channel = self.connection.create_channel().await?;
-        let state = warren_common::broker::inspect_queue(&channel, queue).await?;
+        let state = warren_common::publish::inspect_queue(&channel, queue).await?;
         let _ = channel.close(200, "".into()).await;
         Ok(state.consumer_count())
     }

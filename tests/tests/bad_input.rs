@@ -8,14 +8,14 @@ use lapin::options::{BasicAckOptions, BasicGetOptions};
 use serde_json::json;
 use warren_common::message::header_str;
 use warren_common::{HEADER_REASON, Status};
-use warren_tests::{Registry, TestEnv};
+use warren_tests::{Handlers, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_submissions_are_rejected_with_reasons_and_the_dispatcher_lives_on()
 -> anyhow::Result<()> {
     let env = TestEnv::new("badinput").await?;
     let dispatcher = env.dispatcher();
-    let worker = env.worker("w", 2, Registry::new());
+    let worker = env.worker("w", 2, Handlers::new());
     let mut replies = env.reply_queue().await?;
     let cases: Vec<(&[u8], &str)> = vec![
         (b"this is not json", "body: not valid JSON"),

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use serde_json::json;
 use warren_common::Status;
-use warren_tests::{HandlerError, Process, Registry, TaskContext, TestEnv};
+use warren_tests::{HandlerError, Handlers, Process, TaskContext, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_workers_and_dead_requeue() -> anyhow::Result<()> {
     let env = TestEnv::new("cli").await?;
     let fixed = Arc::new(AtomicBool::new(false));
-    let mut handlers = Registry::new();
+    let mut handlers = Handlers::new();
     {
         let fixed = fixed.clone();
         handlers.register("fragile", move |_: TaskContext| {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use warren_common::{Status, TaskResult};
-use warren_tests::{CLUSTER_LOCK, Cluster, Registry, TestEnv, ids, tasks};
+use warren_tests::{CLUSTER_LOCK, Cluster, Handlers, TestEnv, ids, tasks};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_survive_the_death_of_the_busiest_broker_node() -> anyhow::Result<()> {
@@ -20,7 +20,7 @@ async fn tasks_survive_the_death_of_the_busiest_broker_node() -> anyhow::Result<
     let env = TestEnv::on("nodedeath", urls.clone(), &urls[1]).await?;
     let dispatcher = env.dispatcher();
     let workers: Vec<_> = (1..=3)
-        .map(|i| env.worker(&format!("w{i}"), 16, Registry::new()))
+        .map(|i| env.worker(&format!("w{i}"), 16, Handlers::new()))
         .collect();
     let mut replies = env.reply_queue().await?;
     env.round_trip(
@@ -282,7 +282,7 @@ async fn a_worker_stopped_while_a_node_is_down_leaves_its_queue_to_the_dispatche
     );
 
     cluster.run(&["start", "2"])?;
-    let w2 = env.worker("w2", 2, warren_tests::Registry::new());
+    let w2 = env.worker("w2", 2, warren_tests::Handlers::new());
     warren_tests::wait_for(
         "the dispatcher to reclaim the worker's queue",
         Duration::from_secs(120),

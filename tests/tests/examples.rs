@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::json;
 use warren_common::Status;
-use warren_tests::{Process, Registry, TestEnv, broker_url};
+use warren_tests::{Handlers, Process, TestEnv, broker_url};
 
 fn example(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -29,7 +29,7 @@ async fn run_client_example(
 ) -> anyhow::Result<()> {
     let env = TestEnv::new(test).await?;
     let dispatcher = env.dispatcher();
-    let worker = env.worker("client", 2, Registry::new());
+    let worker = env.worker("client", 2, Handlers::new());
     let payload = json!({"from": test});
     let run = tokio::process::Command::new(program)
         .args(args)

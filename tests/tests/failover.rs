@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::json;
 use warren_common::{Status, TaskEvent, TaskResult};
-use warren_tests::{Process, Registry, Replies, TestEnv, ids, tasks, wait_for};
+use warren_tests::{Handlers, Process, Replies, TestEnv, ids, tasks, wait_for};
 
 /// 2,000 sleep tasks of 10–50 ms.
 fn sleep_batch(name: &str) -> Vec<serde_json::Value> {
@@ -117,7 +117,7 @@ async fn a_killed_worker_loses_nothing_and_its_tasks_move_on_quickly() -> anyhow
 async fn a_killed_dispatcher_is_replaced_within_seconds_without_reruns() -> anyhow::Result<()> {
     let env = TestEnv::new("dispatcherdeath").await?;
     let workers: Vec<_> = (1..=3)
-        .map(|i| env.worker(&format!("w{i}"), 8, Registry::new()))
+        .map(|i| env.worker(&format!("w{i}"), 8, Handlers::new()))
         .collect();
     let mut replies = env.reply_queue().await?;
     let mut first = Process::start(&env, "warren-dispatcher", &[])?;

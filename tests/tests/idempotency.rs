@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use warren_common::Status;
-use warren_tests::{HandlerError, Registry, TaskContext, TestEnv};
+use warren_tests::{HandlerError, Handlers, TaskContext, TestEnv};
 
 /// A handler `count` that sleeps `ms`, counts its runs per task id, and returns its payload.
-fn counting(ms: u64) -> (Registry, Arc<Mutex<HashMap<String, usize>>>) {
+fn counting(ms: u64) -> (Handlers, Arc<Mutex<HashMap<String, usize>>>) {
     let runs = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
-    let mut registry = Registry::new();
+    let mut registry = Handlers::new();
     let counter = runs.clone();
     registry.register("count", move |task: TaskContext| {
         let counter = counter.clone();

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::bail;
 use lapin::BasicProperties;
 use serde_json::{Value, json};
-use warren_tests::{Registry, TestEnv, free_port, http_get as get, ids, tasks, wait_for};
+use warren_tests::{Handlers, TestEnv, free_port, http_get as get, ids, tasks, wait_for};
 
 /// Scrapes `/metrics` and parses it with a Prometheus text-format parser.
 async fn scrape(port: u16) -> anyhow::Result<prometheus_parse::Scrape> {
@@ -43,7 +43,7 @@ async fn metrics_and_health_tell_what_happened() -> anyhow::Result<()> {
     worker_config.worker.id = Some("metered".into());
     worker_config.worker.concurrency = 3;
     worker_config.worker.metrics_listen = format!("127.0.0.1:{worker_port}");
-    let worker = env.worker_with(worker_config, Registry::new());
+    let worker = env.worker_with(worker_config, Handlers::new());
 
     // Once it routes and knows the worker, submissions take the fast path.
     wait_for(

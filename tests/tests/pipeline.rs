@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use warren_common::Status;
-use warren_tests::{HandlerError, Registry, TaskContext, TestEnv, ids, tasks};
+use warren_tests::{HandlerError, Handlers, TaskContext, TestEnv, ids, tasks};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_echo_tasks_across_three_workers_come_back_once_each() -> anyhow::Result<()> {
@@ -16,7 +16,7 @@ async fn thousand_echo_tasks_across_three_workers_come_back_once_each() -> anyho
     let dispatcher = env.dispatcher();
     let workers: Vec<_> = ["w1", "w2", "w3"]
         .iter()
-        .map(|id| env.worker(id, 8, Registry::new()))
+        .map(|id| env.worker(id, 8, Handlers::new()))
         .collect();
     let mut replies = env.reply_queue().await?;
     let batch = tasks(
@@ -80,7 +80,7 @@ async fn a_backlog_is_dispatched_high_first() -> anyhow::Result<()> {
         .events(batch.len(), Duration::from_secs(30))
         .await?;
 
-    let worker = env.worker("only", 1, Registry::new());
+    let worker = env.worker("only", 1, Handlers::new());
     let results = replies
         .collect(&ids(&batch), Duration::from_secs(60))
         .await?;
@@ -102,7 +102,7 @@ async fn a_worker_never_runs_more_than_its_concurrency() -> anyhow::Result<()> {
     let env = TestEnv::new("concurrency").await?;
     let running = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
-    let mut probe = Registry::new();
+    let mut probe = Handlers::new();
     {
         let (running, peak) = (running.clone(), peak.clone());
         probe.register("probe", move |_: TaskContext| {
@@ -143,7 +143,7 @@ async fn a_worker_keeps_within_its_slots_and_units_whatever_its_queue_holds() ->
     let units = Arc::new(AtomicUsize::new(0));
     let tasks_running = Arc::new(AtomicUsize::new(0));
     let peaks = Arc::new(std::sync::Mutex::new((0usize, 0usize)));
-    let mut probe = Registry::new();
+    let mut probe = Handlers::new();
     {
         let (units, tasks_running, peaks) = (units.clone(), tasks_running.clone(), peaks.clone());
         probe.register("heavy", move |task: TaskContext| {
@@ -192,7 +192,7 @@ async fn a_worker_starts_the_tasks_it_holds_in_the_order_they_were_queued() -> a
     let env = TestEnv::new("inorder").await?;
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let mut probe = Registry::new();
+    let mut probe = Handlers::new();
     {
         let (order, gate) = (order.clone(), gate.clone());
         probe.register("seq", move |task: TaskContext| {
@@ -233,7 +233,7 @@ async fn lone_worker(
     id: &str,
     concurrency: u32,
     capacity: Option<u32>,
-    handlers: Registry,
+    handlers: Handlers,
 ) -> anyhow::Result<(warren_tests::Component, String)> {
     let mut config = env.config.clone();
     config.worker.id = Some(id.into());
@@ -255,7 +255,7 @@ async fn a_draining_worker_hands_back_the_tasks_it_had_not_started() -> anyhow::
     // the two waiting ones never start and go back to the most urgent priority queue.
     let env = TestEnv::new("waiting").await?;
     let started = Arc::new(AtomicUsize::new(0));
-    let mut probe = Registry::new();
+    let mut probe = Handlers::new();
     {
         let started = started.clone();
         probe.register("slow", move |_: TaskContext| {
@@ -302,7 +302,7 @@ async fn exec_handlers_run_real_commands() -> anyhow::Result<()> {
     );
     env.config.handlers = handlers.handlers;
     let dispatcher = env.dispatcher();
-    let worker = env.worker("exec", 2, Registry::new());
+    let worker = env.worker("exec", 2, Handlers::new());
     let mut replies = env.reply_queue().await?;
     env.submit(
         json!({"id": "up", "kind": "upper", "payload": "hello warren"}),
@@ -331,7 +331,7 @@ async fn exec_handlers_run_real_commands() -> anyhow::Result<()> {
 async fn results_keep_the_correlation_id_and_failures_say_why() -> anyhow::Result<()> {
     let env = TestEnv::new("results").await?;
     let dispatcher = env.dispatcher();
-    let worker = env.worker("r", 2, Registry::new());
+    let worker = env.worker("r", 2, Handlers::new());
     let mut replies = env.reply_queue().await?;
     env.submit(
         json!({"id": "f", "kind": "fail", "max_attempts": 1, "payload": {"error": "nope"}}),
@@ -357,10 +357,10 @@ async fn results_keep_the_correlation_id_and_failures_say_why() -> anyhow::Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_only_go_to_workers_with_the_kind() -> anyhow::Result<()> {
     let env = TestEnv::new("kinds").await?;
-    let mut special = Registry::new();
+    let mut special = Handlers::new();
     special.register("special", |_: TaskContext| async { Ok(json!("special")) });
     let dispatcher = env.dispatcher();
-    let plain = env.worker("plain", 4, Registry::new());
+    let plain = env.worker("plain", 4, Handlers::new());
     let capable = env.worker("capable", 4, special);
     let mut replies = env.reply_queue().await?;
     let batch = tasks(20, "special", "s", |_| Value::Null);

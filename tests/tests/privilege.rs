@@ -14,8 +14,8 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::{Value, json};
-use warren_common::broker::{inspect_queue, private_consumer};
-use warren_tests::{CLUSTER_LOCK, Cluster, Registry, TestEnv, wait_for};
+use warren_common::publish::{inspect_queue, private_consumer};
+use warren_tests::{CLUSTER_LOCK, Cluster, Handlers, TestEnv, wait_for};
 
 /// The cluster's node URLs for `user`, whose password in the definitions is its name.
 fn urls_for(cluster: &Cluster, user: &str) -> Vec<String> {
@@ -106,7 +106,7 @@ async fn each_component_runs_with_its_own_least_privilege_user() -> anyhow::Resu
     let mut worker_config = env.config.clone();
     worker_config.amqp.urls = urls_for(&cluster, "warren-worker");
     worker_config.worker.id = Some("lp".into());
-    let worker = env.worker_with(worker_config, Registry::new());
+    let worker = env.worker_with(worker_config, Handlers::new());
 
     // The dispatcher, as itself, declares the topology (binding the intake queue to the
     // submit exchange before it consumes the intake queue).

@@ -8,10 +8,10 @@ use serde_json::{Value, json};
 use warren_common::message::{attempts, header_str};
 use warren_common::{HEADER_HISTORY, HEADER_REASON, Status};
 use warren_core::retry::AttemptRecord;
-use warren_tests::{HandlerError, Registry, TaskContext, TestEnv};
+use warren_tests::{HandlerError, Handlers, TaskContext, TestEnv};
 
-fn flaky_handlers() -> Registry {
-    let mut registry = Registry::new();
+fn flaky_handlers() -> Handlers {
+    let mut registry = Handlers::new();
     registry
         .register("flaky", |task: TaskContext| async move {
             if task.attempt < 3 {
@@ -52,7 +52,7 @@ async fn failed_attempts_are_retried_with_backoff_until_success_or_death() -> an
     let dispatcher = env.dispatcher();
     let worker = env.worker("r", 4, flaky_handlers());
     let mut replies = env.reply_queue().await?;
-    let started = std::time::Instant::now();
+    let mut events = env.watch_events(&["task.retrying", "task.started"]).await?;
     env.submit(json!({"id": "flaky", "kind": "flaky"}), &replies.name)
         .await?;
     env.submit(
@@ -77,8 +77,30 @@ async fn failed_attempts_are_retried_with_backoff_until_success_or_death() -> an
     assert_eq!(flaky[0].status, Status::Succeeded);
     assert_eq!(flaky[0].attempts, 3);
     assert_eq!(flaky[0].result, json!("third time lucky"));
-    // Two backoffs of at least half of 100 and 200 ms.
-    assert!(started.elapsed() >= Duration::from_millis(150));
+    // Two backoffs of at least half of 100 and 200 ms: from each failed attempt's
+    // `task.retrying` to the next attempt's `task.started` (less 5 ms: the backoff is carried
+    // in whole milliseconds).
+    let mut at = std::collections::BTreeMap::new();
+    while at.len() < 5 {
+        let event = events.next_json(Duration::from_secs(10)).await?;
+        if event["id"] == "flaky" {
+            let time: chrono::DateTime<chrono::Utc> = event["at"].as_str().unwrap().parse()?;
+            let key = (
+                event["attempt"].as_u64().unwrap(),
+                event["status"].clone().to_string(),
+            );
+            at.insert(key, time);
+        }
+    }
+    for (failed, half_step) in [(1, 50), (2, 100)] {
+        let gap =
+            at[&(failed + 1, "\"started\"".to_owned())] - at[&(failed, "\"retrying\"".to_owned())];
+        assert!(
+            gap >= chrono::Duration::milliseconds(half_step - 5),
+            "attempt {} started {gap:?} after attempt {failed} failed",
+            failed + 1
+        );
+    }
 
     let doomed = &results["doomed"][0];
     assert_eq!(doomed.status, Status::Dead);
@@ -145,7 +167,7 @@ async fn failed_attempts_are_retried_with_backoff_until_success_or_death() -> an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aborting_handler_fails_without_retry() -> anyhow::Result<()> {
     let env = TestEnv::new("abort").await?;
-    let mut handlers = Registry::new();
+    let mut handlers = Handlers::new();
     handlers.register("strict", |_: TaskContext| async {
         Err::<Value, _>(HandlerError::abort("payload can never work"))
     });

@@ -7,11 +7,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use warren_common::Status;
 use warren_common::config::{BalancerName, PolicyName};
-use warren_tests::{HandlerError, Registry, TaskContext, TestEnv, ids, tasks};
+use warren_tests::{HandlerError, Handlers, TaskContext, TestEnv, ids, tasks};
 
 /// A registry with one handler `kind` that sleeps `ms`.
-fn sleeper(kind: &str, ms: u64) -> Registry {
-    let mut registry = Registry::new();
+fn sleeper(kind: &str, ms: u64) -> Handlers {
+    let mut registry = Handlers::new();
     registry.register(kind, move |_: TaskContext| async move {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         Ok::<_, HandlerError>(Value::Null)
@@ -63,11 +63,11 @@ async fn least_loaded_gives_the_fast_worker_clearly_more_tasks() -> anyhow::Resu
 async fn tasks_requiring_a_tag_run_only_where_it_is_advertised() -> anyhow::Result<()> {
     let env = TestEnv::new("requires").await?;
     let dispatcher = env.dispatcher();
-    let plain = env.worker("plain", 4, Registry::new());
+    let plain = env.worker("plain", 4, Handlers::new());
     let mut gpu_config = env.config.clone();
     gpu_config.worker.id = Some("gpu".into());
     gpu_config.worker.tags = vec!["gpu".into()];
-    let gpu = env.worker_with(gpu_config, Registry::new());
+    let gpu = env.worker_with(gpu_config, Handlers::new());
     let mut replies = env.reply_queue().await?;
     let mut batch = Vec::new();
     for i in 0..30 {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use warren_common::Status;
-use warren_tests::{Process, Registry, TestEnv, ids, tasks};
+use warren_tests::{Handlers, Process, TestEnv, ids, tasks};
 
 /// Starts a worker process, gives it sleep tasks, waits until it runs `running` of them, sends
 /// SIGTERM, then lets a second (in-process) worker take over. Returns the results.
@@ -39,7 +39,7 @@ async fn terminate_mid_run(
     process.terminate()?;
     let status = process.wait(Duration::from_secs(30)).await?;
     assert!(status.success(), "worker exited with {status}");
-    let rescue = env.worker("rescue", 4, Registry::new());
+    let rescue = env.worker("rescue", 4, Handlers::new());
     let results = replies
         .collect(&ids(&batch), Duration::from_secs(60))
         .await?;
@@ -96,9 +96,18 @@ async fn sigterm_past_the_grace_period_hands_tasks_back() -> anyhow::Result<()> 
 async fn an_invalid_configuration_exits_64_naming_the_key() -> anyhow::Result<()> {
     let env = TestEnv::new("badconfig").await?;
     for binary in ["warren-worker", "warren-dispatcher"] {
-        let mut process = Process::start(&env, binary, &[("WARREN__DISPATCHER__WINDOW", "0")])?;
-        let status = process.wait(Duration::from_secs(30)).await?;
-        assert_eq!(status.code(), Some(64), "{binary}");
+        let run = tokio::process::Command::new(warren_tests::binary(binary)?)
+            .envs(env.env_vars())
+            .env("WARREN__DISPATCHER__WINDOW", "0")
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(30), run).await??;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{binary}: {stderr}");
+        assert!(
+            stderr.contains("`dispatcher.window`"),
+            "{binary} should name the key: {stderr}"
+        );
     }
     env.cleanup().await
 }

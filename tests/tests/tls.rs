@@ -18,7 +18,7 @@ use serde_json::json;
 use warren_common::Status;
 use warren_common::broker;
 use warren_common::config::AmqpConfig;
-use warren_tests::{Registry, TestEnv};
+use warren_tests::{Handlers, TestEnv};
 
 /// The node's name; registered with the machine's epmd.
 const NODE: &str = "warren-tls@localhost";
@@ -80,7 +80,7 @@ async fn an_echo_task_runs_over_tls_with_a_client_certificate() -> Result<()> {
 
     let env = TestEnv::with_amqp("tls", amqp, &url).await?;
     let dispatcher = env.dispatcher();
-    let worker = env.worker("tls-w1", 2, Registry::new());
+    let worker = env.worker("tls-w1", 2, Handlers::new());
     let mut replies = env.reply_queue().await?;
     let payload = json!({"over": "tls"});
     env.submit(

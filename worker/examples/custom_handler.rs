@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use warren_common::Config;
-use warren_worker::{HandlerError, Registry, TaskContext};
+use warren_worker::{HandlerError, Handlers, TaskContext};
 
 /// Adds two integers: `{"a": 2, "b": 3}` → `5`.
 async fn add(task: TaskContext) -> Result<serde_json::Value, HandlerError> {
@@ -43,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
     let file = std::env::args().nth(1).map(std::path::PathBuf::from);
     let config = Config::load(file.as_deref())?;
     warren_common::logging::init(&config.log);
-    let mut handlers = Registry::with_builtins(&config);
+    let mut handlers = Handlers::with_builtins(&config);
     handlers
         .register("add", add)
         .register("countdown", countdown);

@@ -12,8 +12,8 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
-use warren_common::broker::settle;
 use warren_common::message::attempts;
+use warren_common::publish::settle;
 use warren_common::{Status, Task, TaskEvent};
 
 use warren_core::retry::{Failure, verdict};

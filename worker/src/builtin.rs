@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::handler::{HandlerError, Registry, TaskContext};
+use crate::handler::{HandlerError, Handlers, TaskContext};
 
 /// Adds the built-in handlers to `registry`.
-pub fn register(registry: &mut Registry) {
+pub fn register(registry: &mut Handlers) {
     registry
         .register("noop", |_: TaskContext| async { Ok(Value::Null) })
         .register("echo", |task: TaskContext| async move { Ok(task.payload) })
@@ -51,7 +51,7 @@ mod tests {
 
     #[tokio::test]
     async fn builtins_behave() {
-        let mut registry = Registry::new();
+        let mut registry = Handlers::new();
         register(&mut registry);
         assert_eq!(registry.kinds(), ["echo", "fail", "noop", "sleep"]);
         let echo = registry.get("echo").unwrap();

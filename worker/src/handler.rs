@@ -78,31 +78,31 @@ where
 
 /// Handlers by task kind.
 #[derive(Clone, Default)]
-pub struct Registry {
+pub struct Handlers {
     /// Kind → handler. Ordered so heartbeats list kinds stably.
     handlers: BTreeMap<String, Arc<dyn Handler>>,
 }
 
-impl std::fmt::Debug for Registry {
+impl std::fmt::Debug for Handlers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_set().entries(self.handlers.keys()).finish()
     }
 }
 
-impl Registry {
+impl Handlers {
     /// An empty registry.
-    pub fn new() -> Registry {
-        Registry::default()
+    pub fn new() -> Handlers {
+        Handlers::default()
     }
 
     /// Registers (or replaces) the handler of `kind`.
-    pub fn register(&mut self, kind: impl Into<String>, handler: impl Handler) -> &mut Registry {
+    pub fn register(&mut self, kind: impl Into<String>, handler: impl Handler) -> &mut Handlers {
         self.handlers.insert(kind.into(), Arc::new(handler));
         self
     }
 
     /// Adds every handler of `other`, replacing handlers of the same kinds.
-    pub fn merge(&mut self, other: Registry) -> &mut Registry {
+    pub fn merge(&mut self, other: Handlers) -> &mut Handlers {
         self.handlers.extend(other.handlers);
         self
     }

@@ -9,7 +9,7 @@ use lapin::options::BasicPublishOptions;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 use warren_common::message::json_properties;
-use warren_common::{BrokerError, Topology, broker::check_confirmation};
+use warren_common::{BrokerError, Topology, publish::check_confirmation};
 
 use crate::status::WorkerStatus;
 

@@ -4,9 +4,9 @@
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), warren_worker::WorkerError> {
-//! use warren_worker::{HandlerError, Registry, TaskContext};
+//! use warren_worker::{HandlerError, Handlers, TaskContext};
 //! let config = warren_common::Config::load(None).expect("valid config");
-//! let mut handlers = Registry::with_builtins(&config);
+//! let mut handlers = Handlers::with_builtins(&config);
 //! handlers.register("add", |task: TaskContext| async move {
 //!     let a = task.payload["a"].as_i64().ok_or_else(|| HandlerError::abort("need a"))?;
 //!     let b = task.payload["b"].as_i64().ok_or_else(|| HandlerError::abort("need b"))?;
@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use warren_common::{BrokerError, Config, Pool, Topology};
 
-pub use handler::{Handler, HandlerError, HandlerFuture, Registry, TaskContext};
+pub use handler::{Handler, HandlerError, HandlerFuture, Handlers, TaskContext};
 
 use status::WorkerStatus;
 
@@ -44,10 +44,10 @@ pub enum WorkerError {
     Broker(#[from] BrokerError),
 }
 
-impl Registry {
+impl Handlers {
     /// A registry with the built-in handlers and the `exec` handlers of `config.handlers`.
-    pub fn with_builtins(config: &Config) -> Registry {
-        let mut registry = Registry::new();
+    pub fn with_builtins(config: &Config) -> Handlers {
+        let mut registry = Handlers::new();
         builtin::register(&mut registry);
         for (kind, handler) in &config.handlers {
             registry.register(
@@ -67,7 +67,7 @@ pub(crate) struct Worker {
     /// Names on the broker.
     pub(crate) topology: Topology,
     /// Kind → handler.
-    pub(crate) handlers: Registry,
+    pub(crate) handlers: Handlers,
     /// Identity and live state, published in heartbeats.
     pub(crate) status: Arc<WorkerStatus>,
     /// What `/metrics` exports.
@@ -89,7 +89,7 @@ pub(crate) struct Worker {
 /// next node in `amqp.urls`) whenever the broker connection is lost.
 pub async fn run(
     config: Config,
-    handlers: Registry,
+    handlers: Handlers,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<(), WorkerError> {
     let id = config.worker.resolved_id();

@@ -21,7 +21,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = load_or_exit("warren-worker", args.config.as_deref(), args.json_logs);
-    let handlers = warren_worker::Registry::with_builtins(&config);
+    let handlers = warren_worker::Handlers::with_builtins(&config);
     let shutdown = warren_common::shutdown::on_signal();
     warren_worker::run(config, handlers, shutdown).await?;
     Ok(())

@@ -9,9 +9,9 @@ use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel, PublisherConfirm};
 use serde_json::Value;
 use warren_common::TaskEvent;
-use warren_common::broker::{check_confirmation, publish_result, publish_to_queue};
 use warren_common::events::{EVENT_RESULT_MAX_BYTES, json_len_within};
 use warren_common::message::{header_str, with_attempts, with_header, with_reason};
+use warren_common::publish::{check_confirmation, publish_result, publish_to_queue};
 use warren_common::{BrokerError, HEADER_HISTORY, HEADER_NOT_BEFORE, Status, Task, TaskResult};
 use warren_core::retry::{AttemptRecord, MAX_HISTORY, Verdict};
 

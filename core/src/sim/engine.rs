@@ -8,11 +8,12 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::workload::{SimTask, WorkerSpec};
-use crate::decisions::{Admission, Core, Decision, Origin, Released};
+use crate::decisions::{Admission, Core, Decision, Released};
 use crate::facts::{Status, WorkerState};
 use crate::fleet::WorkerEntry;
 use crate::idempotency::Ending;
 use crate::policy;
+use crate::scheduler::Origin;
 use crate::scheduler::TaskInfo;
 use crate::settings::Settings;
 

@@ -3,8 +3,8 @@
 //! duplicates get when the first one ends.
 
 use tracing::info;
-use warren_common::broker::{publish_result, settle};
 use warren_common::message::{with_reason, without_header};
+use warren_common::publish::{publish_result, settle};
 use warren_common::{HEADER_SUBMITTED, Status, TaskEvent, TaskResult, publish_confirmed};
 use warren_core::decisions::Answer;
 use warren_core::{Ending, Held, Prior, TaskInfo};

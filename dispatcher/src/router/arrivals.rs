@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use lapin::BasicProperties;
 use lapin::message::Delivery;
 use tracing::{info, warn};
-use warren_common::broker::settle;
 use warren_common::message::header_u64;
+use warren_common::publish::settle;
 use warren_common::{HEADER_NOT_BEFORE, HEADER_REDELIVERED, HEADER_SUBMITTED, Task};
 use warren_core::{Admission, Origin, TaskInfo, Waiter};
 

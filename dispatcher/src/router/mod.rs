@@ -22,8 +22,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
-use warren_common::broker::{check_confirmation, settle};
 use warren_common::message::without_header;
+use warren_common::publish::{check_confirmation, settle};
 use warren_common::{BrokerError, HEADER_SUBMITTED, Status, TaskEvent};
 use warren_core::{Assignment, Change, Core, Decision, Held};
 
