@@ -54,6 +54,42 @@ pub fn without_header(properties: BasicProperties, name: &str) -> BasicPropertie
     properties.with_headers(kept)
 }
 
+/// What every header warren sets starts with: the namespace is warren's own.
+pub const WARREN_HEADER_PREFIX: &str = "x-warren-";
+
+/// Whether `name` is in warren's header namespace (`x-warren-*`, in any letter case).
+pub fn is_warren_header(name: &str) -> bool {
+    name.len() >= WARREN_HEADER_PREFIX.len()
+        && name.as_bytes()[..WARREN_HEADER_PREFIX.len()]
+            .eq_ignore_ascii_case(WARREN_HEADER_PREFIX.as_bytes())
+}
+
+/// `properties` without any header of warren's namespace, and the names removed: what intake
+/// does to a client's submission before anything reads it, so that a submitter cannot set a
+/// task's attempts, history, backoff, submitter or any other bookkeeping of warren's.
+pub fn without_warren_headers(properties: BasicProperties) -> (BasicProperties, Vec<String>) {
+    let Some(headers) = properties.headers() else {
+        return (properties, Vec::new());
+    };
+    if !headers
+        .inner()
+        .keys()
+        .any(|key| is_warren_header(key.as_str()))
+    {
+        return (properties, Vec::new());
+    }
+    let mut kept = FieldTable::default();
+    let mut removed = Vec::new();
+    for (key, value) in headers.inner() {
+        if is_warren_header(key.as_str()) {
+            removed.push(key.as_str().to_owned());
+        } else {
+            kept.insert(key.clone(), value.clone());
+        }
+    }
+    (properties.with_headers(kept), removed)
+}
+
 /// The submitting AMQP user recorded by the dispatcher (from the submission's `user_id`).
 pub fn submitter(properties: &BasicProperties) -> Option<String> {
     header_str(properties, crate::HEADER_SUBMITTER)

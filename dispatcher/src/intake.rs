@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,6 +22,7 @@ use warren_common::{BrokerError, Status, Task, TaskResult, confirmed_channel};
 use crate::Dispatcher;
 use crate::feeds::Input;
 use crate::filing::{Filed, file};
+use crate::headers::{Arrival, forwardable};
 use crate::notify::Notifier;
 
 /// Consumes the intake queue until `stop` fires or the channel fails; then waits until every
@@ -142,23 +143,14 @@ async fn admit(
             let level =
                 warren_core::policy::intake_level(policy, task.priority, |p| topology.level_for(p));
             let queue = topology.level_queue(level);
-            let mut forwarded = forwardable(properties)
-                .with_content_type("application/json".into())
-                .with_delivery_mode(2)
-                .with_message_id(task.id.as_str().into());
-            if delivery.exchange.as_str() == topology.submit_exchange() {
-                forwarded = warren_common::message::with_header(
-                    forwarded,
-                    warren_common::HEADER_SUBMITTED,
-                    AMQPValue::LongLongInt(chrono::Utc::now().timestamp_millis()),
-                );
-            }
-            if delivery.redelivered {
-                forwarded = warren_common::message::with_header(
-                    forwarded,
-                    warren_common::HEADER_REDELIVERED,
-                    AMQPValue::Boolean(true),
-                );
+            let arrival = Arrival {
+                from_client: delivery.exchange.as_str() == topology.submit_exchange(),
+                redelivered: delivery.redelivered,
+                now_ms: chrono::Utc::now().timestamp_millis(),
+            };
+            let (forwarded, removed) = arrival.forward(properties, &task.id);
+            if !removed.is_empty() {
+                debug!(task = %task.id, ?removed, "removed warren's own headers from a submission");
             }
             let submitter = properties.user_id().as_ref().map(|u| u.to_string());
             notifier.task(&task.id, &task.kind, Status::Accepted, 0, None, submitter);
@@ -202,66 +194,6 @@ async fn admit(
             Ok(Admitted::Filed(filed.with_reply(reply)))
         }
     }
-}
-
-/// The submission's properties, safe to republish from the dispatcher's connection: RabbitMQ
-/// refuses a `user_id` that is not the publishing connection's user, so it moves to a header.
-pub(crate) fn forwardable(properties: &BasicProperties) -> BasicProperties {
-    let mut forwarded = properties.clone();
-    if let Some(user) = properties.user_id() {
-        forwarded = warren_common::message::with_header(
-            forwarded,
-            warren_common::HEADER_SUBMITTER,
-            AMQPValue::LongString(user.as_str().into()),
-        );
-        // BasicProperties has no "without": rebuild it without the user_id.
-        forwarded = without_user_id(forwarded);
-    }
-    forwarded
-}
-
-fn without_user_id(p: BasicProperties) -> BasicProperties {
-    let mut out = BasicProperties::default();
-    if let Some(v) = p.content_type() {
-        out = out.with_content_type(v.clone());
-    }
-    if let Some(v) = p.content_encoding() {
-        out = out.with_content_encoding(v.clone());
-    }
-    if let Some(v) = p.headers() {
-        out = out.with_headers(v.clone());
-    }
-    if let Some(v) = p.delivery_mode() {
-        out = out.with_delivery_mode(*v);
-    }
-    if let Some(v) = p.priority() {
-        out = out.with_priority(*v);
-    }
-    if let Some(v) = p.correlation_id() {
-        out = out.with_correlation_id(v.clone());
-    }
-    if let Some(v) = p.reply_to() {
-        out = out.with_reply_to(v.clone());
-    }
-    if let Some(v) = p.expiration() {
-        out = out.with_expiration(v.clone());
-    }
-    if let Some(v) = p.message_id() {
-        out = out.with_message_id(v.clone());
-    }
-    if let Some(v) = p.timestamp() {
-        out = out.with_timestamp(*v);
-    }
-    if let Some(v) = p.kind() {
-        out = out.with_type(v.clone());
-    }
-    if let Some(v) = p.app_id() {
-        out = out.with_app_id(v.clone());
-    }
-    if let Some(v) = p.cluster_id() {
-        out = out.with_cluster_id(v.clone());
-    }
-    out
 }
 
 /// The id and kind of a rejected message, as far as they can be read.

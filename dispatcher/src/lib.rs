@@ -7,6 +7,7 @@
 mod fast_path;
 mod feeds;
 mod filing;
+mod headers;
 mod intake;
 mod leadership;
 mod metrics;
