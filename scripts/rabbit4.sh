@@ -7,7 +7,8 @@
 #
 #   scripts/rabbit4.sh up          create the chroot if missing, start the node, wait until it
 #                                  accepts AMQP connections, print its URL (idempotent)
-#   scripts/rabbit4.sh down        stop the node, unmount proc and dev from the chroot; the
+#   scripts/rabbit4.sh down        stop the node, unmount proc and dev from the chroot, delete
+#                                  the node's data (each `up` starts an empty broker); the
 #                                  chroot stays cached on disk, so the next `up` is fast
 #   scripts/rabbit4.sh status      whether the node runs, and the broker's version
 #   scripts/rabbit4.sh url         the AMQP URL only, for WARREN_TEST_AMQP_URL
@@ -59,7 +60,7 @@ die() { say "$*"; exit 1; }
 case "$PORT" in
   ''|*[!0-9]*) die "WARREN_RABBIT4_PORT must be a port number, got '$PORT'" ;;
 esac
-[ "$PORT" -ge 1024 ] && [ "$PORT" -le 45535 ] || die "WARREN_RABBIT4_PORT must be 1024-45535"
+if [ "$PORT" -lt 1024 ] || [ "$PORT" -gt 45535 ]; then die "WARREN_RABBIT4_PORT must be 1024-45535"; fi
 case "${WARREN_RABBIT4_CONSUMER_TIMEOUT:-0}" in
   *[!0-9]*) die "WARREN_RABBIT4_CONSUMER_TIMEOUT must be milliseconds, got '$WARREN_RABBIT4_CONSUMER_TIMEOUT'" ;;
 esac
@@ -155,8 +156,9 @@ sbin() {
   local d
   d=$(find "$CHROOT/usr/lib/rabbitmq/lib" -maxdepth 2 -type d -name sbin \
         -path '*/rabbitmq_server-*' 2>/dev/null | sort -V | tail -n 1)
-  [ -n "$d" ] && [ -x "$d/rabbitmq-server" ] ||
+  if [ -z "$d" ] || [ ! -x "$d/rabbitmq-server" ]; then
     die "no RabbitMQ in $CHROOT (remove the directory and run 'scripts/rabbit4.sh up' again)"
+  fi
   echo "${d#"$CHROOT"}"
 }
 
@@ -182,7 +184,7 @@ mirror() {
         2>/dev/null |
       sed -n -e 's/^[[:space:]]*URIs:[[:space:]]*//p' \
              -e 's/^[[:space:]]*deb[[:space:]]\{1,\}\(\[[^]]*\][[:space:]]\{1,\}\)\{0,1\}//p' |
-      tr ' \t' '\n\n' | grep -E '^(https?|file)://.*/debian/?$' | head -n 1) || true
+      tr -s ' \t' '\n' | grep -E '^(https?|file)://.*/debian/?$' | head -n 1) || true
   echo "${m:-http://deb.debian.org/debian}"
 }
 
@@ -228,7 +230,7 @@ ensure_chroot() {
   pids=$(chroot_pids "$tmp" | tr '\n' ' ')
   [ -z "$pids" ] || die "processes left running in $tmp by the package installs: $pids"
   has_mounts "$tmp" && die "debootstrap left mounts in $tmp"
-  [ -z "$(ls -A "$CHROOT" 2>/dev/null)" ] && rmdir "$CHROOT" 2>/dev/null || true
+  if [ -d "$CHROOT" ]; then rmdir "$CHROOT"; fi   # empty, as checked above
   mv "$tmp" "$CHROOT"
   mv "$tmp.log" "$CHROOT/.warren-debootstrap.log"
   date -u +%FT%TZ >"$READY"
@@ -279,7 +281,7 @@ prepare_state() {
 }
 
 # Starts the node in the background, detached from this shell (its own session, output in
-# <state>/log/console.log). Returns at once.
+# <state>/log/console.log, without the lock's descriptor). Returns at once.
 launch() {
   local p s
   for p in "$PORT" "$MGMT_PORT" "$DIST_PORT"; do
@@ -288,9 +290,10 @@ launch() {
   prepare_state
   s=$(sbin)
   rm -f "$CHROOT$PID_FILE"
-  say "starting $NODE (RabbitMQ ${s#/usr/lib/rabbitmq/lib/rabbitmq_server-}; AMQP $PORT, \
-management $MGMT_PORT, distribution $DIST_PORT)"
-  s="${s%/sbin}/sbin/rabbitmq-server"
+  p=${s%/sbin}
+  say "starting $NODE (RabbitMQ ${p##*/rabbitmq_server-}; AMQP $PORT, management $MGMT_PORT, \
+distribution $DIST_PORT)"
+  s="$s/rabbitmq-server"
   setsid nohup chroot "$CHROOT" /usr/bin/env -i "${ENV[@]}" \
     "RABBITMQ_NODENAME=$NODE" \
     "RABBITMQ_DIST_PORT=$DIST_PORT" \
@@ -304,7 +307,7 @@ management $MGMT_PORT, distribution $DIST_PORT)"
     "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=-kernel inet_dist_use_interface {127,0,0,1}" \
     "ERL_EPMD_ADDRESS=127.0.0.1" \
     "ERL_CRASH_DUMP=$STATE/log/erl_crash.dump" \
-    "$s" >>"$CHROOT$STATE/log/console.log" 2>&1 </dev/null &
+    "$s" >>"$CHROOT$STATE/log/console.log" 2>&1 </dev/null 9>&- &
   LAUNCHER=$!
   echo "$LAUNCHER" >"$CHROOT$STATE/launcher.pid"
 }
@@ -335,6 +338,31 @@ wait_booted() {
   done
   ctl -q await_startup --timeout "$(remaining)" >/dev/null ||
     die "$NODE did not finish booting (see $CHROOT$STATE/log/)"
+}
+
+# PIDS and all their descendants, but any epmd (it outlives nodes), on one line.
+family() {
+  ps -e -o pid=,ppid=,comm= | awk -v roots="$*" '
+    BEGIN { n = split(roots, r, " "); for (i = 1; i <= n; i++) keep[r[i]] = 1 }
+    { parent[$1] = $2; name[$1] = $3 }
+    END {
+      do {
+        grew = 0
+        for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; grew = 1 }
+      } while (grew)
+      for (p in keep) if (name[p] != "epmd") printf "%s ", p
+    }'
+}
+
+# The names of other nodes of this script (other WARREN_RABBIT4_PORTs) running in the chroot.
+other_nodes() {
+  local pid f
+  for pid in $(chroot_pids); do
+    case "$(ps -o comm= -p "$pid" 2>/dev/null)" in beam*) ;; *) continue ;; esac
+    f=$(tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | sed -n 's/^RABBITMQ_NODENAME=//p')
+    [ -n "$f" ] && [ "$f" != "$NODE" ] && echo "$f"
+  done
+  return 0
 }
 
 # An epmd that the node started inside the chroot (because none ran here) is stopped once no
@@ -389,8 +417,13 @@ cmd_down() {
     return 0
   fi
   lock
-  local pid stopper=""
+  local pid lp stopper="" helpers=() left
   if pid=$(beam_pid); then
+    # The launcher and the beam's helpers (erl_child_setup, inet_gethost, memsup, ...) exit
+    # with the beam; an exited process may linger a moment (no longer in the chroot by its
+    # root, yet still in the process table), so wait for these very pids to go.
+    lp=$(launcher_pid) || lp=""
+    read -r -a helpers <<<"$(family "$pid" "$lp")"
     say "stopping $NODE (pid $pid)"
     ctl -q stop >/dev/null 2>&1 &
     stopper=$!
@@ -406,21 +439,29 @@ cmd_down() {
     wait "$stopper" 2>/dev/null || true
   else
     say "$NODE is not running"
+    if pid=$(launcher_pid); then helpers+=("$pid"); fi
   fi
-  # The launcher and the beam's helpers (erl_child_setup, inet_gethost) exit with the beam.
-  while pid=$(launcher_pid); do
-    check_deadline "the launcher (pid $pid) did not exit"
-    sleep 0.2
+  for pid in "${helpers[@]}"; do
+    while alive "$pid"; do
+      check_deadline "pid $pid ($(ps -o args= -p "$pid" 2>/dev/null)) did not exit with the node"
+      sleep 0.2
+    done
   done
+  # Each `up` starts an empty broker (as scripts/cluster.sh does): no queues left from before.
+  rm -rf --one-file-system "${CHROOT:?}$STATE"
+  if [ -n "$(other_nodes)" ]; then
+    say "stopped, removed the node's data; proc and dev stay mounted for the other node(s)" \
+      "still running in $CHROOT: $(other_nodes | paste -sd' ' -)"
+    return 0
+  fi
   stop_chroot_epmd
-  local left
-  left=$(chroot_pids | tr '\n' ' ')
+  left=$(chroot_pids | paste -sd, -)
   if [ -n "$left" ]; then
-    ps -o pid,args -p "${left// /,}" >&2 || true
+    ps -o pid,args -p "$left" >&2 || true
     die "processes still run in $CHROOT (pids: $left); proc and dev stay mounted"
   fi
   unmount_fs
-  say "stopped; unmounted proc and dev (the chroot stays in $CHROOT)"
+  say "stopped; unmounted proc and dev, removed the node's data (the chroot stays in $CHROOT)"
 }
 
 cmd_status() {

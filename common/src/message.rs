@@ -127,6 +127,35 @@ pub fn with_attempts(properties: BasicProperties, attempts: u32) -> BasicPropert
     )
 }
 
+/// `properties` with failed attempt number `attempt` (on `worker`, ending at `at` with `error`)
+/// counted in `x-warren-attempts` and recorded in the history of `x-warren-history` (its latest
+/// `MAX_HISTORY` attempts).
+pub fn with_failed_attempt(
+    properties: BasicProperties,
+    attempt: u32,
+    worker: &str,
+    error: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> BasicProperties {
+    use warren_core::retry::{AttemptRecord, MAX_HISTORY};
+    let mut history: Vec<AttemptRecord> = header_str(&properties, crate::HEADER_HISTORY)
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
+    history.push(AttemptRecord {
+        attempt,
+        worker: worker.to_owned(),
+        error: error.chars().take(1000).collect(),
+        at: at.to_rfc3339(),
+    });
+    let keep = history.len().saturating_sub(MAX_HISTORY);
+    let history = serde_json::to_string(&history[keep..]).expect("history serializes");
+    with_header(
+        with_attempts(properties, attempt),
+        crate::HEADER_HISTORY,
+        AMQPValue::LongString(history.into()),
+    )
+}
+
 /// An empty header table, for call sites that need one.
 pub fn no_arguments() -> FieldTable {
     FieldTable::default()

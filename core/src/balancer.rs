@@ -86,6 +86,7 @@ mod tests {
             used,
             lookahead: 0,
             mean_run_ms: None,
+            started: BTreeSet::new(),
         }
     }
 

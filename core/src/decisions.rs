@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use crate::facts::Heartbeat;
-use crate::fleet::{Change, Fleet, WorkerEntry};
+use crate::fleet::{Change, Fleet, LostWorker, WorkerEntry};
 use crate::idempotency::{Ending, Idempotency, Prior, Waiter};
 use crate::scheduler::{Assignment, Held, Origin, Scheduler, TaskInfo};
 use crate::settings::Settings;
@@ -164,6 +164,12 @@ impl<H> Core<H> {
         Some(Decision::Send(assignment))
     }
 
+    /// A worker began an attempt of a task (its `task.started` event): if the worker is lost
+    /// before the attempt ends, the attempt counts as failed.
+    pub fn began(&mut self, worker: &str, task: &str) {
+        self.fleet.began(worker, task);
+    }
+
     /// A dispatch the broker refused: the worker does not hold the task after all.
     pub fn unsent(&mut self, worker: &str, task: &str) {
         self.fleet.released(worker, task);
@@ -200,8 +206,9 @@ impl<H> Core<H> {
         self.fleet.expire(now)
     }
 
-    /// Dead workers' queues that nobody reclaims yet, now marked as being reclaimed.
-    pub fn start_reclaims(&mut self) -> Vec<String> {
+    /// Dead workers' queues that nobody reclaims yet, now marked as being reclaimed, with the
+    /// worker each belonged to and what it had started.
+    pub fn start_reclaims(&mut self) -> Vec<(String, LostWorker)> {
         self.fleet.start_reclaims()
     }
 

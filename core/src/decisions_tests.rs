@@ -14,6 +14,7 @@ fn beat(id: &str, concurrency: u32, capacity: u32, running: &[&str]) -> Heartbea
         concurrency,
         capacity,
         running: running.iter().map(|s| s.to_string()).collect(),
+        started: vec![],
         state: WorkerState::Online,
         seq: 0,
         at: chrono::Utc::now(),
@@ -170,16 +171,26 @@ fn finished_attempts_grow_the_lookahead() {
 fn dead_workers_are_reclaimed_once_until_the_session_ends_or_they_return() {
     let start = Instant::now();
     let mut core = core();
-    core.heartbeat(&beat("a", 1, 0, &[]), start);
+    // a holds two tasks and has begun one; b holds none.
+    let mut a = beat("a", 2, 0, &["begun", "waiting"]);
+    a.started = vec!["begun".into()];
+    core.heartbeat(&a, start);
     core.heartbeat(&beat("b", 1, 0, &[]), start);
     let later = start + Duration::from_secs(4);
     assert_eq!(core.dead_workers(later).len(), 2);
-    assert_eq!(core.start_reclaims(), ["q.a", "q.b"]);
+    let reclaims = core.start_reclaims();
+    let queues: Vec<&str> = reclaims.iter().map(|(q, _)| q.as_str()).collect();
+    assert_eq!(queues, ["q.a", "q.b"]);
+    // Only the task a had begun counts as an attempt lost with it.
+    assert_eq!(reclaims[0].1.worker, "a");
+    assert_eq!(reclaims[0].1.started, ["begun".to_owned()].into());
+    assert!(reclaims[1].1.started.is_empty());
     assert!(core.start_reclaims().is_empty(), "under way already");
     core.reclaimed("q.a");
     // The session ends: b's reclaim stopped, so the next session starts it again.
     core.session_ended();
-    assert_eq!(core.start_reclaims(), ["q.b"]);
+    let queues: Vec<String> = core.start_reclaims().into_iter().map(|(q, _)| q).collect();
+    assert_eq!(queues, ["q.b"]);
     // b is heard again: its queue is its own, and its reclaim must stop.
     assert_eq!(
         core.heartbeat(&beat("b", 1, 0, &[]), later),

@@ -100,6 +100,10 @@ pub struct Heartbeat {
     pub capacity: u32,
     /// Ids of the tasks it holds right now (running or about to run).
     pub running: Vec<String>,
+    /// Ids of the tasks whose attempt has begun (a subset of `running`): if the worker is lost,
+    /// each of these counts one failed attempt. Absent from older workers' heartbeats.
+    #[serde(default)]
+    pub started: Vec<String>,
     /// Its life-cycle state.
     pub state: WorkerState,
     /// Increases with every heartbeat of this worker process.

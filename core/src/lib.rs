@@ -30,7 +30,7 @@ pub mod sim;
 
 pub use decisions::{Admission, Core, Decision, Released};
 pub use facts::{Heartbeat, Status, WorkerState};
-pub use fleet::{Change, Fleet, WorkerEntry};
+pub use fleet::{Change, Fleet, LostWorker, WorkerEntry};
 pub use idempotency::{Ending, Idempotency, Prior, Waiter};
 pub use scheduler::{Assignment, Held, Origin, Scheduler, TaskInfo};
 pub use settings::Settings;

@@ -23,6 +23,7 @@ fn registry(workers: &[(&str, &[&str], &[&str], u32)]) -> Fleet {
             concurrency: *concurrency,
             capacity: 0,
             running: vec![],
+            started: vec![],
             state: WorkerState::Online,
             seq: 0,
             at: chrono::Utc::now(),

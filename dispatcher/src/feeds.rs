@@ -40,6 +40,13 @@ pub(crate) enum Input {
     Reclaimed(String),
     /// A worker no longer holds a task (its event said so).
     Released(Box<warren_core::Released>),
+    /// A worker began an attempt of a task (its `task.started` event).
+    Began {
+        /// Worker id.
+        worker: String,
+        /// Task id.
+        task: String,
+    },
     /// A dispatch the broker refused: the worker does not hold the task after all.
     Unsent {
         /// Worker id.
@@ -107,6 +114,7 @@ pub(crate) async fn events(
         .await?;
     for key in [
         "worker.#",
+        "task.started",
         "task.succeeded",
         "task.failed",
         "task.retrying",
@@ -141,6 +149,12 @@ pub(crate) async fn events(
                 .map(Input::Heartbeat)
         } else {
             let event: TaskEvent = serde_json::from_slice(&delivery.data).ok()?;
+            if event.status == Status::Started {
+                return Some(Input::Began {
+                    worker: event.worker?,
+                    task: event.id,
+                });
+            }
             let worker = event
                 .worker
                 .clone()

@@ -165,6 +165,7 @@ async fn session(
         topology: topology.clone(),
         inputs: inputs.clone(),
         patience: Duration::from_millis(dispatcher.config.dispatcher.reclaim_patience_ms),
+        retry: dispatcher.config.tasks.retry_policy(),
         underway: std::collections::HashMap::new(),
     };
     let mut router = router::Router {

@@ -73,6 +73,7 @@ impl Notifier {
             concurrency: worker.concurrency,
             capacity: worker.capacity,
             running: worker.outstanding.keys().cloned().collect(),
+            started: worker.started.iter().cloned().collect(),
             state: WorkerState::Offline,
             seq: 0,
             at: Utc::now(),

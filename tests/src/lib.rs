@@ -609,8 +609,20 @@ impl Process {
 
     /// Starts binary `name` with this environment's configuration plus `extra` variables.
     pub fn start(env: &TestEnv, name: &str, extra: &[(&str, &str)]) -> Result<Process> {
+        Process::start_with_args(env, name, &[], extra)
+    }
+
+    /// Starts binary `name` with arguments `args`, this environment's configuration plus
+    /// `extra` variables.
+    pub fn start_with_args(
+        env: &TestEnv,
+        name: &str,
+        args: &[&str],
+        extra: &[(&str, &str)],
+    ) -> Result<Process> {
         let mut command = tokio::process::Command::new(binary(name)?);
         command
+            .args(args)
             .envs(env.env_vars())
             .envs(extra.iter().copied())
             .env("RUST_LOG", "warn")

@@ -88,6 +88,7 @@ pub(crate) async fn execute(
         worker.status.finished(&task.id);
         return;
     };
+    worker.status.began(&task.id);
     worker.metrics.task(Status::Started, &task.kind);
     worker.metrics.in_flight.inc();
     let started_at = Utc::now();
@@ -96,15 +97,15 @@ pub(crate) async fn execute(
         submitter: submitter.clone(),
         ..event(&worker, &task, Status::Started, attempt, None, None)
     };
-    // Its confirm is awaited after the attempt (lapin keeps every unawaited confirm).
-    let started_confirm = send_event(&worker, &publisher, &started).await.ok();
+    // Confirmed before the handler runs: the dispatchers then know the attempt began, so if
+    // the task kills this worker, the lost attempt counts (a poison task cannot loop).
+    if let Ok(confirm) = send_event(&worker, &publisher, &started).await {
+        let _ = confirm.await;
+    }
     let outcome = run_handler(&worker, &task, attempt, &hand_back).await;
     let finished_at = Utc::now();
     let result = match outcome {
         AttemptEnd::HandedBack => {
-            if let Some(confirm) = started_confirm {
-                let _ = confirm.await;
-            }
             debug!(task = %task.id, "handing task back");
             hand_back_untouched(&delivery).await;
             worker.status.finished(&task.id);
@@ -128,9 +129,6 @@ pub(crate) async fn execute(
         finished_at,
     };
     let delivered = report.publish(&worker, &publisher, &delivery).await;
-    if let Some(confirm) = started_confirm {
-        let _ = confirm.await;
-    }
     if let Err(err) = &delivered {
         warn!(task = %task.id, cause = %err, "could not hand the outcome on; the task will run again");
     }

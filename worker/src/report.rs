@@ -10,10 +10,10 @@ use lapin::{BasicProperties, Channel, PublisherConfirm};
 use serde_json::Value;
 use warren_common::TaskEvent;
 use warren_common::events::{EVENT_RESULT_MAX_BYTES, json_len_within};
-use warren_common::message::{header_str, with_attempts, with_header, with_reason};
+use warren_common::message::{with_failed_attempt, with_header, with_reason};
 use warren_common::publish::{check_confirmation, publish_result, publish_to_queue};
-use warren_common::{BrokerError, HEADER_HISTORY, HEADER_NOT_BEFORE, Status, Task, TaskResult};
-use warren_core::retry::{AttemptRecord, MAX_HISTORY, Verdict};
+use warren_common::{BrokerError, HEADER_NOT_BEFORE, Status, Task, TaskResult};
+use warren_core::retry::Verdict;
 
 use crate::Worker;
 use crate::events::{event, send_event};
@@ -141,22 +141,12 @@ impl Report<'_> {
         request: &BasicProperties,
         error: &str,
     ) -> BasicProperties {
-        let mut history: Vec<AttemptRecord> = header_str(request, HEADER_HISTORY)
-            .and_then(|text| serde_json::from_str(&text).ok())
-            .unwrap_or_default();
-        history.push(AttemptRecord {
-            attempt: self.attempt,
-            worker: worker.status.id.clone(),
-            error: error.chars().take(1000).collect(),
-            at: self.finished_at.to_rfc3339(),
-        });
-        let keep = history.len().saturating_sub(MAX_HISTORY);
-        let history = serde_json::to_string(&history[keep..]).expect("history serializes");
-        let properties = with_attempts(request.clone(), self.attempt);
-        with_header(
-            properties,
-            HEADER_HISTORY,
-            AMQPValue::LongString(history.into()),
+        with_failed_attempt(
+            request.clone(),
+            self.attempt,
+            &worker.status.id,
+            error,
+            self.finished_at,
         )
     }
 }

@@ -173,6 +173,7 @@ async fn session(
         &status.queue,
         WORKER_PATIENCE,
         &CancellationToken::new(),
+        None,
     )
     .await?;
     session_over.cancel();

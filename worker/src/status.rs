@@ -24,8 +24,12 @@ pub(crate) struct WorkerStatus {
     pub(crate) concurrency: u32,
     /// Capacity units that task costs fill.
     pub(crate) capacity: u32,
-    /// Ids of the tasks being run now; a std mutex because it is never held across an await.
+    /// Ids of the tasks it holds (running or waiting for a slot); a std mutex because it is
+    /// never held across an await.
     running: Mutex<BTreeSet<String>>,
+    /// Ids of the tasks whose attempt has begun: if this worker is lost, each of these counts a
+    /// failed attempt (the dispatcher learns them from heartbeats).
+    begun: Mutex<BTreeSet<String>>,
     /// Life-cycle state.
     state: Mutex<WorkerState>,
     /// Heartbeat sequence number.
@@ -49,6 +53,7 @@ impl WorkerStatus {
             concurrency,
             capacity,
             running: Mutex::new(BTreeSet::new()),
+            begun: Mutex::new(BTreeSet::new()),
             state: Mutex::new(WorkerState::Online),
             seq: AtomicU64::new(0),
         }
@@ -61,8 +66,17 @@ impl WorkerStatus {
             .insert(id.to_owned());
     }
 
+    /// The attempt of task `id` begins (it has its slot and units).
+    pub(crate) fn began(&self, id: &str) {
+        self.begun
+            .lock()
+            .expect("status lock")
+            .insert(id.to_owned());
+    }
+
     pub(crate) fn finished(&self, id: &str) {
         self.running.lock().expect("status lock").remove(id);
+        self.begun.lock().expect("status lock").remove(id);
     }
 
     pub(crate) fn set_state(&self, state: WorkerState) {
@@ -80,6 +94,13 @@ impl WorkerStatus {
             capacity: self.capacity,
             running: self
                 .running
+                .lock()
+                .expect("status lock")
+                .iter()
+                .cloned()
+                .collect(),
+            started: self
+                .begun
                 .lock()
                 .expect("status lock")
                 .iter()

@@ -35,6 +35,8 @@ pub struct WorkerEntry {
     pub lookahead: u32,
     /// Mean run time of its recent attempts in milliseconds (moving average), once one ended.
     pub mean_run_ms: Option<f64>,
+    /// Tasks whose attempt it said had begun, as of its last heartbeat.
+    pub started: BTreeSet<String>,
 }
 
 /// A task a worker holds, as far as the dispatcher knows.

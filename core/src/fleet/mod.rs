@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::facts::{Heartbeat, WorkerState};
+use crate::retry::{Failure, RetryPolicy, Verdict, verdict};
 
 mod entry;
 
@@ -58,7 +59,54 @@ pub struct Fleet {
     /// the broker takes to let it (a consumer lost with a node that is down stays counted until
     /// the node is back), and across sessions. The one record of reclaiming; the router only
     /// carries it out.
-    departed: BTreeMap<String, Reclaim>,
+    departed: BTreeMap<String, Departed>,
+}
+
+/// A worker declared dead whose queue waits to be reclaimed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Departed {
+    /// Where reclaiming its queue stands.
+    reclaim: Reclaim,
+    /// Who it was and what it was running.
+    lost: LostWorker,
+}
+
+/// A worker lost while holding tasks: reclaiming its queue counts a failed attempt for each task
+/// it had started (it may have killed the worker: a poison task), and none for the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostWorker {
+    /// Its id.
+    pub worker: String,
+    /// The tasks whose attempt had begun, as of its last heartbeat.
+    pub started: BTreeSet<String>,
+}
+
+impl LostWorker {
+    /// What becomes of task `id`, found in this worker's queue with `attempts_made` attempts
+    /// recorded before it and `max_attempts` allowed: `None` if the worker had not begun it (it
+    /// goes back unchanged); otherwise the attempt the worker was making failed — it was lost
+    /// while running it — and the task is retried after a backoff or, with no attempt left,
+    /// dead.
+    pub fn verdict(
+        &self,
+        id: &str,
+        attempts_made: u32,
+        max_attempts: u32,
+        policy: RetryPolicy,
+        jitter: f64,
+    ) -> Option<Verdict> {
+        if !self.started.contains(id) {
+            return None;
+        }
+        let error = format!("worker {} lost while running it", self.worker);
+        Some(verdict(
+            Err(Failure::Retryable(error)),
+            attempts_made + 1,
+            max_attempts,
+            policy,
+            jitter,
+        ))
+    }
 }
 
 /// Where reclaiming a departed worker's queue stands.
@@ -124,6 +172,7 @@ impl Fleet {
                 used: 0,
                 lookahead: 0,
                 mean_run_ms: None,
+                started: BTreeSet::new(),
             });
         entry.queue.clone_from(&beat.queue);
         entry.kinds = beat.kinds.iter().cloned().collect();
@@ -164,6 +213,14 @@ impl Fleet {
                 );
             }
         }
+        // What it says it began, plus what its events said it began since (a heartbeat may have
+        // been sent before them), as long as it still holds it.
+        let reported: BTreeSet<&String> = beat.started.iter().collect();
+        let outstanding = &entry.outstanding;
+        entry
+            .started
+            .retain(|id| reported.contains(id) || outstanding.contains_key(id));
+        entry.started.extend(beat.started.iter().cloned());
         if returned {
             Change::Returned
         } else if joined {
@@ -184,6 +241,14 @@ impl Fleet {
     pub fn released(&mut self, worker: &str, task: &str) {
         if let Some(entry) = self.workers.get_mut(worker) {
             entry.remove(task);
+            entry.started.remove(task);
+        }
+    }
+
+    /// Records that `worker` began an attempt of `task` (its `task.started` event).
+    pub fn began(&mut self, worker: &str, task: &str) {
+        if let Some(entry) = self.workers.get_mut(worker) {
+            entry.started.insert(task.to_owned());
         }
     }
 
@@ -239,7 +304,13 @@ impl Fleet {
             if self.departed.len() < MAX_DEPARTED {
                 self.departed
                     .entry(worker.queue.clone())
-                    .or_insert(Reclaim::Waiting);
+                    .or_insert_with(|| Departed {
+                        reclaim: Reclaim::Waiting,
+                        lost: LostWorker {
+                            worker: worker.id.clone(),
+                            started: worker.started.clone(),
+                        },
+                    });
             }
         }
         dead
@@ -251,15 +322,15 @@ impl Fleet {
         self.departed.keys()
     }
 
-    /// The departed queues nobody reclaims yet, now marked as under way: the router starts
-    /// reclaiming each.
-    pub fn start_reclaims(&mut self) -> Vec<String> {
+    /// The departed queues nobody reclaims yet, now marked as under way, each with the worker
+    /// it belonged to: the router starts reclaiming each.
+    pub fn start_reclaims(&mut self) -> Vec<(String, LostWorker)> {
         self.departed
             .iter_mut()
-            .filter(|(_, state)| **state == Reclaim::Waiting)
-            .map(|(queue, state)| {
-                *state = Reclaim::Underway;
-                queue.clone()
+            .filter(|(_, departed)| departed.reclaim == Reclaim::Waiting)
+            .map(|(queue, departed)| {
+                departed.reclaim = Reclaim::Underway;
+                (queue.clone(), departed.lost.clone())
             })
             .collect()
     }
@@ -268,7 +339,7 @@ impl Fleet {
     pub fn reclaims_stopped(&mut self) {
         self.departed
             .values_mut()
-            .for_each(|state| *state = Reclaim::Waiting);
+            .for_each(|departed| departed.reclaim = Reclaim::Waiting);
     }
 
     /// A departed worker's queue has been emptied into the priority queues and deleted.

@@ -1,4 +1,5 @@
 use super::*;
+use crate::retry::{RetryPolicy, Verdict};
 
 pub(crate) fn beat(id: &str, kinds: &[&str], tags: &[&str], running: &[&str]) -> Heartbeat {
     Heartbeat {
@@ -9,6 +10,7 @@ pub(crate) fn beat(id: &str, kinds: &[&str], tags: &[&str], running: &[&str]) ->
         concurrency: 2,
         capacity: 0,
         running: running.iter().map(|s| s.to_string()).collect(),
+        started: vec![],
         state: WorkerState::Online,
         seq: 0,
         at: chrono::Utc::now(),
@@ -219,4 +221,30 @@ fn silent_and_departed_workers_leave() {
     bye.state = WorkerState::Offline;
     assert_eq!(registry.heartbeat(&bye, start), Change::Left);
     assert_eq!(registry.workers().count(), 0);
+}
+
+#[test]
+fn a_task_a_lost_worker_had_begun_counts_one_failed_attempt() {
+    let lost = LostWorker {
+        worker: "w7".into(),
+        started: ["poison".to_owned()].into(),
+    };
+    let policy = RetryPolicy {
+        base: Duration::from_millis(100),
+        max: Duration::from_secs(1),
+    };
+    assert_eq!(lost.verdict("queued", 0, 3, policy, 0.5), None);
+    let Some(Verdict::Retry { error, delay }) = lost.verdict("poison", 1, 3, policy, 1.0) else {
+        panic!("the second attempt of three was lost: retry");
+    };
+    assert_eq!(error, "worker w7 lost while running it");
+    assert_eq!(delay, Duration::from_millis(200));
+    let Some(Verdict::Dead { error, last }) = lost.verdict("poison", 2, 3, policy, 0.0) else {
+        panic!("the third attempt of three was lost: dead");
+    };
+    assert_eq!(
+        error,
+        "failed 3 of 3 attempts; last error: worker w7 lost while running it"
+    );
+    assert_eq!(last, "worker w7 lost while running it");
 }

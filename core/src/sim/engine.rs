@@ -94,6 +94,7 @@ pub fn simulate(tasks: &[SimTask], workers: &[WorkerSpec], setup: &Setup<'_>) ->
             used: 0,
             lookahead: 0,
             mean_run_ms: None,
+            started: BTreeSet::new(),
         });
     }
     let index_of: HashMap<&str, usize> = workers

@@ -85,8 +85,8 @@ impl Router<'_> {
                     self.expire();
                     self.start_routing().await?;
                     if self.levels_channel.is_some() {
-                        for queue in self.core.start_reclaims() {
-                            self.reclaimer.start(queue, stop);
+                        for (queue, lost) in self.core.start_reclaims() {
+                            self.reclaimer.start(queue, lost, stop);
                         }
                     }
                     self.export_state();
@@ -128,6 +128,7 @@ impl Router<'_> {
                 }
             }
             Input::Unsent { worker, task } => self.core.unsent(&worker, &task),
+            Input::Began { worker, task } => self.core.began(&worker, &task),
             Input::Leader => self.leading_since = Some(Instant::now()),
             Input::Failed(err) => return Err(err),
         }

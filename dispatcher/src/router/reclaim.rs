@@ -10,9 +10,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
-use warren_common::reclaim::reclaim;
+use warren_common::reclaim::{Lost, reclaim};
 use warren_common::{Pool, Topology};
-use warren_core::retry::Backoff;
+use warren_core::LostWorker;
+use warren_core::retry::{Backoff, RetryPolicy};
 
 use crate::feeds::Input;
 
@@ -31,13 +32,17 @@ pub(crate) struct Reclaimer {
     pub(crate) inputs: mpsc::Sender<Input>,
     /// How long one try waits for the dead worker's consumer to go (`dispatcher.reclaim_patience_ms`).
     pub(crate) patience: Duration,
+    /// A retry's backoff (`tasks.retry_base_ms`, `tasks.retry_max_ms`), for the tasks a lost
+    /// worker had begun.
+    pub(crate) retry: RetryPolicy,
     /// Stops each reclaim under way, by queue.
     pub(crate) underway: HashMap<String, CancellationToken>,
 }
 
 impl Reclaimer {
-    /// Starts reclaiming `queue` until it is done, stopped, or `session` ends.
-    pub(crate) fn start(&mut self, queue: String, session: &CancellationToken) {
+    /// Starts reclaiming `queue`, of the `lost` worker, until it is done, stopped, or `session`
+    /// ends.
+    pub(crate) fn start(&mut self, queue: String, lost: LostWorker, session: &CancellationToken) {
         let stop = session.child_token();
         self.underway.insert(queue.clone(), stop.clone());
         let (pool, topology, inputs) = (
@@ -46,12 +51,16 @@ impl Reclaimer {
             self.inputs.clone(),
         );
         let patience = self.patience;
+        let lost = Lost {
+            worker: lost,
+            policy: self.retry,
+        };
         tokio::spawn(async move {
             let mut backoff = Backoff::new(RETRY, RETRY_MAX);
             loop {
                 let attempt = match pool.get().await {
                     Ok(connection) => {
-                        reclaim(&connection, &topology, &queue, patience, &stop).await
+                        reclaim(&connection, &topology, &queue, patience, &stop, Some(&lost)).await
                     }
                     Err(err) => Err(err),
                 };
