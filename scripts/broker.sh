@@ -33,14 +33,6 @@ if ! port_open; then
   wait_for_port
 fi
 
-# A worker holds a task unacked while it runs; RabbitMQ's default consumer_timeout (30 min)
-# would close its channel and requeue a longer task. Raise it to what deploy/rabbitmq/rabbitmq.conf
-# sets (1 h) on the running node (takes effect for new channels; not persisted).
-if command -v rabbitmqctl >/dev/null 2>&1; then
-  rabbitmqctl -q eval 'application:set_env(rabbit, consumer_timeout, 3600000).' >/dev/null 2>&1 ||
-    echo "broker.sh: could not raise consumer_timeout; tasks over 30 min may be requeued" >&2
-fi
-
 if command -v rabbitmq-plugins >/dev/null 2>&1; then
   rabbitmq-plugins -q enable rabbitmq_management >/dev/null 2>&1 ||
     echo "broker.sh: could not enable rabbitmq_management (the console); continuing" >&2

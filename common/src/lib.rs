@@ -42,3 +42,7 @@ pub const HEADER_NOT_BEFORE: &str = "x-warren-not-before";
 /// AMQP header set by intake on a task whose submission was redelivered: a dispatcher that
 /// died may already have filed it, so it might be a duplicate.
 pub const HEADER_REDELIVERED: &str = "x-warren-redelivered";
+/// AMQP header on a copy of a running task that its worker published to its own queue to renew
+/// the delivery before the broker's `consumer_timeout`: the worker's id. The worker holds its
+/// running task by the copy from then on instead of starting it again.
+pub const HEADER_RENEWAL: &str = "x-warren-renewal";

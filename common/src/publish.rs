@@ -166,7 +166,7 @@ pub const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 /// Acks a delivery whose content is safely handed on (`done`), or requeues it after
 /// [`REQUEUE_PAUSE`]. A failure to settle means the channel is gone, and then the broker
 /// requeues the delivery by itself.
-pub async fn settle(delivery: &lapin::message::Delivery, done: bool) {
+pub async fn settle(delivery: &lapin::Acker, done: bool) {
     use lapin::options::{BasicAckOptions, BasicNackOptions};
     let settled = if done {
         delivery.ack(BasicAckOptions::default()).await

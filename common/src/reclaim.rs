@@ -14,10 +14,12 @@ use lapin::{BasicProperties, Channel, Connection};
 use warren_core::LostWorker;
 use warren_core::retry::{RetryPolicy, Verdict};
 
-use crate::message::{attempts, json_properties, with_failed_attempt, with_header, with_reason};
+use crate::message::{
+    attempts, json_properties, with_failed_attempt, with_header, with_reason, without_header,
+};
 use crate::publish::{inspect_queue, publish_result};
 use crate::{
-    BrokerError, HEADER_NOT_BEFORE, Status, Task, TaskEvent, TaskResult, Topology,
+    BrokerError, HEADER_NOT_BEFORE, HEADER_RENEWAL, Status, Task, TaskEvent, TaskResult, Topology,
     confirmed_channel, publish_confirmed,
 };
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
@@ -97,18 +99,20 @@ async fn move_all(
         {
             let delivery = &message.delivery;
             let decoded = Task::from_json(&delivery.data);
+            // A renewed copy's mark meant "held by that worker": it no longer is.
+            let original = without_header(delivery.properties.clone(), HEADER_RENEWAL);
             let lost_attempt = match &decoded {
-                Ok(task) => lost.and_then(|lost| lost_attempt(lost, task, &delivery.properties)),
+                Ok(task) => lost.and_then(|lost| lost_attempt(lost, task, &original)),
                 Err(_) => None,
             };
             let (target, properties) = match (&decoded, &lost_attempt) {
-                (Ok(_), Some(lost_attempt)) => lost_attempt.record(topology, &delivery.properties),
+                (Ok(_), Some(lost_attempt)) => lost_attempt.record(topology, &original),
                 // To the most urgent level: these tasks already waited their turn once, and
                 // a worker's departure should not send them to the back of the line.
-                (Ok(_), None) => (topology.level_queue(0), delivery.properties.clone()),
+                (Ok(_), None) => (topology.level_queue(0), original.clone()),
                 (Err(reason), _) => (
                     topology.dead_queue(),
-                    with_reason(delivery.properties.clone(), &reason.to_string()),
+                    with_reason(original.clone(), &reason.to_string()),
                 ),
             };
             publish_confirmed(

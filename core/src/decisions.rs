@@ -5,7 +5,7 @@
 //! router carries the decisions out over the broker; the simulator carries them out in virtual
 //! time. Neither decides anything itself.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::facts::Heartbeat;
 use crate::fleet::{Change, Fleet, LostWorker, WorkerEntry};
@@ -198,6 +198,16 @@ impl<H> Core<H> {
     /// Takes out the held tasks whose deadline passed before they could start: they are dead.
     pub fn expired(&mut self, now: Instant) -> Vec<Held<H>> {
         self.scheduler.take_expired(now)
+    }
+
+    /// Takes out the tasks held longer than `limit` (they wait for a worker, or for their
+    /// backoff), with their levels: the router files each back to its level, so that no
+    /// delivery stays unacked past the broker's consumer_timeout. They come back in turn.
+    pub fn held_too_long(&mut self, now: Instant, limit: Duration) -> Vec<(usize, Held<H>)> {
+        match now.checked_sub(limit) {
+            Some(cutoff) => self.scheduler.take_arrived_before(cutoff),
+            None => Vec::new(),
+        }
     }
 
     /// Takes out the workers silent for too long: they are dead, and their queues wait to be

@@ -138,6 +138,22 @@ impl<H> Scheduler<H> {
         expired
     }
 
+    /// Takes out every held task that arrived before `cutoff`, with its level.
+    pub fn take_arrived_before(&mut self, cutoff: Instant) -> Vec<(usize, Held<H>)> {
+        let mut taken = Vec::new();
+        for (index, level) in self.levels.iter_mut().enumerate() {
+            let mut position = 0;
+            while position < level.len() {
+                if level[position].task.arrived < cutoff {
+                    taken.push((index, level.remove(position)));
+                } else {
+                    position += 1;
+                }
+            }
+        }
+        taken
+    }
+
     /// Held tasks that no known worker is able to run at all, by kind (they wait).
     pub fn unrunnable(&self, registry: &Fleet) -> Vec<(String, usize)> {
         let mut kinds: Vec<(String, usize)> = Vec::new();

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tokio::sync::mpsc;
@@ -27,10 +27,6 @@ use warren_common::{BrokerError, Topology, confirmed_channel, publish_confirmed}
 
 use crate::feeds::Input;
 
-/// How often the leader hands its baton back to itself, so that RabbitMQ's consumer_timeout
-/// never sees it held too long.
-const REFRESH: Duration = Duration::from_secs(300);
-
 /// Joins the election: makes sure a baton exists, consumes the leader queue, and sends
 /// `Input::Leader` into `inputs` when this dispatcher receives the baton. Returns the channel
 /// (closing it, or losing the connection, gives the baton up).
@@ -39,6 +35,7 @@ pub(crate) async fn campaign(
     topology: &Topology,
     instance: &str,
     inputs: mpsc::Sender<Input>,
+    renew_after: Duration,
 ) -> Result<Channel, BrokerError> {
     let channel = confirmed_channel(connection).await?;
     channel.basic_qos(8, BasicQosOptions::default()).await?;
@@ -66,14 +63,34 @@ pub(crate) async fn campaign(
             FieldTable::default(),
         )
         .await?;
-    tokio::spawn(hold_baton(consumer, inputs));
+    let renewal = Renewal {
+        channel: channel.clone(),
+        queue,
+        body: format!("{{\"baton\":\"{instance}\"}}").into_bytes(),
+        every: renew_after,
+    };
+    tokio::spawn(hold_baton(consumer, inputs, renewal));
     Ok(channel)
 }
 
-async fn hold_baton(mut consumer: lapin::Consumer, inputs: mpsc::Sender<Input>) {
+/// How the leader renews its baton before the broker's consumer_timeout: a fresh baton is
+/// published (and, the leader being the active consumer, delivered to it), then the held one is
+/// acked. Not a requeue, which RabbitMQ 4 counts against the queue's delivery limit.
+struct Renewal {
+    /// The leader queue's channel (confirm mode).
+    channel: Channel,
+    /// The leader queue.
+    queue: String,
+    /// A baton's body.
+    body: Vec<u8>,
+    /// Renew after this long (`amqp.consumer_timeout_ms / 2`).
+    every: Duration,
+}
+
+async fn hold_baton(mut consumer: lapin::Consumer, inputs: mpsc::Sender<Input>, renewal: Renewal) {
     let mut baton: Option<Delivery> = None;
     let mut leading = false;
-    let mut refresh = tokio::time::interval(REFRESH);
+    let mut refresh = tokio::time::interval(renewal.every);
     refresh.tick().await;
     loop {
         tokio::select! {
@@ -105,9 +122,20 @@ async fn hold_baton(mut consumer: lapin::Consumer, inputs: mpsc::Sender<Input>) 
                 }
             },
             _ = refresh.tick() => {
-                if let Some(held) = baton.take() {
-                    // Back to the queue and, as the active consumer, straight back to us.
-                    let _ = held.reject(BasicRejectOptions { requeue: true }).await;
+                if baton.is_some() {
+                    let fresh = publish_confirmed(
+                        &renewal.channel,
+                        "",
+                        &renewal.queue,
+                        true,
+                        &renewal.body,
+                        json_properties(true),
+                    )
+                    .await;
+                    if fresh.is_ok() && let Some(held) = baton.take() {
+                        // The fresh baton comes straight back to us, the active consumer.
+                        let _ = held.ack(BasicAckOptions::default()).await;
+                    }
                 }
             }
         }

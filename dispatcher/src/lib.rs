@@ -142,7 +142,14 @@ async fn session(
     let mut channels = vec![events_channel];
     channels.push(feeds::events(connection, topology, &dispatcher.instance, &inputs).await?);
     channels.push(
-        leadership::campaign(connection, topology, &dispatcher.instance, inputs.clone()).await?,
+        leadership::campaign(
+            connection,
+            topology,
+            &dispatcher.instance,
+            inputs.clone(),
+            dispatcher.config.amqp.renew_after(),
+        )
+        .await?,
     );
 
     // Intake gets its own connection, so validation and routing do not share one I/O loop.

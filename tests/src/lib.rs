@@ -210,6 +210,10 @@ impl TestEnv {
                 self.config.topology.prefix.clone(),
             ),
             (
+                "WARREN__AMQP__CONSUMER_TIMEOUT_MS".into(),
+                self.config.amqp.consumer_timeout_ms.to_string(),
+            ),
+            (
                 "WARREN__WORKER__HEARTBEAT_MS".into(),
                 self.config.worker.heartbeat_ms.to_string(),
             ),

@@ -7,7 +7,6 @@ use std::time::Duration;
 use chrono::Utc;
 use lapin::Channel;
 use lapin::message::Delivery;
-use lapin::options::BasicNackOptions;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -66,8 +65,11 @@ pub(crate) async fn execute(
         }
     };
     let attempt = attempts(&delivery.properties) + 1;
-    // Held from now on: heartbeats report it, so a new leader adopts it.
+    // Held from now on: heartbeats report it, so a new leader adopts it; and its delivery is
+    // renewed before the broker's consumer_timeout however long it waits or runs.
     worker.status.started(&task.id);
+    let delivery = Arc::new(delivery);
+    let holder = worker.holdings.hold(&task.id, delivery.clone());
     let cost = task.cost.clamp(1, worker.status.capacity.max(1));
     // In delivery order (its turn), a slot, then the units.
     let permits = tokio::select! {
@@ -84,7 +86,8 @@ pub(crate) async fn execute(
     drop(turn);
     let Some(_permits) = permits else {
         debug!(task = %task.id, "handing back a task that never started");
-        hand_back_untouched(&delivery).await;
+        holder.hand_back().await;
+        worker.holdings.release(&task.id, &holder, false);
         worker.status.finished(&task.id);
         return;
     };
@@ -107,7 +110,8 @@ pub(crate) async fn execute(
     let result = match outcome {
         AttemptEnd::HandedBack => {
             debug!(task = %task.id, "handing task back");
-            hand_back_untouched(&delivery).await;
+            holder.hand_back().await;
+            worker.holdings.release(&task.id, &holder, false);
             worker.status.finished(&task.id);
             worker.metrics.in_flight.dec();
             return;
@@ -132,7 +136,10 @@ pub(crate) async fn execute(
     if let Err(err) = &delivered {
         warn!(task = %task.id, cause = %err, "could not hand the outcome on; the task will run again");
     }
-    settle(&delivery, delivered.is_ok()).await;
+    holder.settle(delivered.is_ok()).await;
+    worker
+        .holdings
+        .release(&task.id, &holder, delivered.is_ok());
     worker.status.finished(&task.id);
     let metrics = &worker.metrics;
     metrics.in_flight.dec();
@@ -181,17 +188,6 @@ impl Turn {
             // Nothing is ever sent: the sender's drop is the signal.
             let _ = after.await;
         }
-    }
-}
-
-/// Requeues a delivery at once, for another worker (or this one's next session) to run.
-async fn hand_back_untouched(delivery: &Delivery) {
-    let options = BasicNackOptions {
-        requeue: true,
-        ..BasicNackOptions::default()
-    };
-    if let Err(err) = delivery.nack(options).await {
-        debug!(cause = %err, "could not hand a task back; the broker will redeliver it");
     }
 }
 

@@ -23,6 +23,7 @@ mod events;
 pub mod exec;
 pub mod handler;
 mod heartbeat;
+mod holding;
 mod metrics;
 mod report;
 mod session;
@@ -82,6 +83,8 @@ pub(crate) struct Worker {
     /// more than its slots (what the dispatcher queues ahead), so the prefetch does not limit
     /// how many run.
     pub(crate) slots: Arc<tokio::sync::Semaphore>,
+    /// The deliveries that hold its tasks, renewed before the broker's consumer_timeout.
+    pub(crate) holdings: holding::Holdings,
 }
 
 /// Runs a worker until `shutdown` fires, then drains: stops taking tasks, lets running ones
@@ -124,6 +127,7 @@ pub async fn run(
         status: Arc::new(status),
         metrics,
         health,
+        holdings: holding::Holdings::default(),
     });
     tracing::info!(worker = %id, kinds = ?worker.status.kinds, "worker starting");
     session::run_sessions(worker, pool, shutdown).await;

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use warren_common::reclaim::{WORKER_PATIENCE, reclaim};
 use warren_common::{BrokerError, Pool, WorkerState, confirmed_channel};
 
+use crate::holding::Adopted;
 use crate::{Worker, attempt, heartbeat};
 
 /// How a session ended.
@@ -106,6 +107,25 @@ async fn session(
         session_over.clone(),
     ));
     let _stop_heartbeats = session_over.clone().drop_guard();
+    // Renews the deliveries of the tasks it holds, before the broker's consumer_timeout.
+    {
+        let worker = worker.clone();
+        let (publisher, over) = (publisher.clone(), session_over.clone());
+        tokio::spawn(async move {
+            let status = &worker.status;
+            let every = worker.config.amqp.renew_after();
+            worker
+                .holdings
+                .keep(
+                    publisher,
+                    status.queue.clone(),
+                    status.id.clone(),
+                    every,
+                    over,
+                )
+                .await;
+        });
+    }
 
     let lost = loop {
         tokio::select! {
@@ -113,6 +133,11 @@ async fn session(
             () = shutdown.cancelled() => break None,
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
+                    // A renewed copy of a task it runs holds that task from now on.
+                    let delivery = match worker.holdings.adopt(&status.id, delivery).await {
+                        Adopted::Taken => continue,
+                        Adopted::Run(delivery) => *delivery,
+                    };
                     tasks.spawn(attempt::execute(
                         worker.clone(),
                         publisher.clone(),

@@ -19,6 +19,11 @@ pub struct AmqpConfig {
     pub heartbeat_secs: u16,
     /// Longest wait between two reconnection attempts, in milliseconds.
     pub max_backoff_ms: u64,
+    /// The broker's `consumer_timeout`, in milliseconds (RabbitMQ's default: 30 min): a channel
+    /// that keeps a delivery unacked longer is closed. warren renews every delivery it holds
+    /// (a running or waiting task, a held task, the leader baton) after half of this, so set it
+    /// to your broker's value, or lower.
+    pub consumer_timeout_ms: u64,
     /// For `amqps://` URLs: a PEM file of CA certificates trusted in addition to the system's
     /// roots (for a broker whose certificate a private CA signed). Read at startup.
     pub tls_ca_file: Option<PathBuf>,
@@ -35,6 +40,7 @@ impl Default for AmqpConfig {
             urls: vec!["amqp://guest:guest@127.0.0.1:5672/%2f".into()],
             heartbeat_secs: 2,
             max_backoff_ms: 5_000,
+            consumer_timeout_ms: 1_800_000,
             tls_ca_file: None,
             tls_client_cert_file: None,
             tls_client_key_file: None,
@@ -43,6 +49,12 @@ impl Default for AmqpConfig {
 }
 
 impl AmqpConfig {
+    /// How long warren holds a delivery before it renews it: half the broker's
+    /// `consumer_timeout`.
+    pub fn renew_after(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.consumer_timeout_ms / 2)
+    }
+
     /// The TLS settings of `amqps://` connections, read from the files the `tls_*` keys name:
     /// extra trusted CAs and the client's identity. With no key set, the system's roots and no
     /// client certificate. Errors name the key and the file.

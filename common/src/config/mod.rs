@@ -144,6 +144,12 @@ impl Config {
                 .map_err(|err| invalid("amqp.urls", format!("{}: {err}", redact(url))))?;
         }
         self.amqp.tls()?;
+        if self.amqp.consumer_timeout_ms < 2_000 {
+            return Err(invalid(
+                "amqp.consumer_timeout_ms",
+                "must be at least 2000 (RabbitMQ checks it once a second or so)",
+            ));
+        }
         self.topology()
             .validate()
             .map_err(|message| invalid("topology", message))?;

@@ -32,6 +32,7 @@ pub(crate) use reclaim::Reclaimer;
 
 use crate::Dispatcher;
 use crate::feeds::{self, Input};
+use crate::filing::file_and_settle;
 use crate::notify::Notifier;
 
 /// How often silent workers are looked for.
@@ -83,6 +84,7 @@ impl Router<'_> {
                 },
                 _ = liveness.tick() => {
                     self.expire();
+                    self.refile_held_too_long();
                     self.start_routing().await?;
                     if self.levels_channel.is_some() {
                         for (queue, lost) in self.core.start_reclaims() {
@@ -144,6 +146,22 @@ impl Router<'_> {
         metrics.leader.set(i64::from(self.levels_channel.is_some()));
         metrics.held.set(gauge(self.core.held().iter().sum()));
         metrics.departed.set(gauge(fleet.departed().count()));
+    }
+
+    /// Files back to their levels the tasks held for half the broker's consumer_timeout, so the
+    /// broker never closes the channel that holds them.
+    fn refile_held_too_long(&mut self) {
+        let limit = self.dispatcher.config.amqp.renew_after();
+        for (level, held) in self.core.held_too_long(Instant::now(), limit) {
+            let queue = self.dispatcher.topology.level_queue(level);
+            let carried = held.handle;
+            let (body, properties) = (carried.data().to_vec(), carried.properties().clone());
+            let delivery = carried.into_delivery();
+            let publisher = self.publisher.clone();
+            self.settling.spawn(file_and_settle(
+                publisher, queue, body, properties, delivery,
+            ));
+        }
     }
 
     /// Buries the held tasks whose deadline passed before they could start.
