@@ -1,5 +1,6 @@
-//! Tasks longer than the broker's `consumer_timeout` run once, on a test-started cluster whose
-//! nodes close any channel that holds a delivery unacked for 10 s: a 90 s task, four at once on
+//! Tasks longer than the broker's `consumer_timeout` run once, on test-started broker nodes
+//! (the local cluster, or the RabbitMQ 4 node) that close any channel that holds a delivery
+//! unacked for 10 s: a 90 s task, four at once on
 //! one worker, and a task that waits 90 s for a worker in the dispatcher's window all run once
 //! with one result each; and a worker `kill -9`ed in the middle of renewed tasks loses none.
 
@@ -13,16 +14,28 @@ use warren_tests::{CLUSTER_LOCK, Cluster, Process, Replies, TestEnv};
 /// The cluster's nodes close a channel holding a delivery unacked this long.
 const CONSUMER_TIMEOUT_MS: u64 = 10_000;
 
-/// Brings the cluster up with a 10 s consumer_timeout on every node (for channels opened from
-/// now on) and an environment that knows it.
-async fn short_timeout_cluster(prefix: &str) -> anyhow::Result<(Cluster, TestEnv)> {
-    let cluster = Cluster::up()?;
+/// Brings up test-started broker nodes with a 10 s consumer_timeout (for channels opened from
+/// now on) and an environment that knows it: the local cluster, or, with
+/// `WARREN_TEST_BROKER=rabbit4`, the RabbitMQ 4 node of `scripts/rabbit4.sh` that
+/// `WARREN_TEST_AMQP_URL` points at (`scripts/test` starts it).
+async fn short_timeout_broker(prefix: &str) -> anyhow::Result<(Option<Cluster>, TestEnv)> {
     let setting = format!("application:set_env(rabbit, consumer_timeout, {CONSUMER_TIMEOUT_MS}).");
-    for node in ["1", "2", "3"] {
-        cluster.run(&["cli", node, "rabbitmqctl", "eval", &setting])?;
-    }
-    let urls = cluster.urls();
-    let mut env = TestEnv::on(prefix, urls.clone(), &urls[0]).await?;
+    let (cluster, mut env) = if std::env::var("WARREN_TEST_BROKER").as_deref() == Ok("rabbit4") {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/rabbit4.sh");
+        let status = std::process::Command::new("bash")
+            .args([script, "ctl", "eval", &setting])
+            .status()?;
+        anyhow::ensure!(status.success(), "rabbit4.sh ctl eval failed");
+        (None, TestEnv::new(prefix).await?)
+    } else {
+        let cluster = Cluster::up()?;
+        for node in ["1", "2", "3"] {
+            cluster.run(&["cli", node, "rabbitmqctl", "eval", &setting])?;
+        }
+        let urls = cluster.urls();
+        let env = TestEnv::on(prefix, urls.clone(), &urls[0]).await?;
+        (Some(cluster), env)
+    };
     env.config.amqp.consumer_timeout_ms = CONSUMER_TIMEOUT_MS;
     Ok((cluster, env))
 }
@@ -44,7 +57,7 @@ async fn starts(events: &mut Replies) -> anyhow::Result<HashMap<String, usize>> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_nine_times_longer_than_the_consumer_timeout_run_once() -> anyhow::Result<()> {
     let _one_cluster_at_a_time = CLUSTER_LOCK.lock().await;
-    let (cluster, env) = short_timeout_cluster("longtasks").await?;
+    let (cluster, env) = short_timeout_broker("longtasks").await?;
     let dispatcher = env.dispatcher();
     let mut worker = Process::start(
         &env,
@@ -113,7 +126,7 @@ async fn tasks_nine_times_longer_than_the_consumer_timeout_run_once() -> anyhow:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_while_its_renewed_tasks_run_loses_none() -> anyhow::Result<()> {
     let _one_cluster_at_a_time = CLUSTER_LOCK.lock().await;
-    let (cluster, env) = short_timeout_cluster("longkill").await?;
+    let (cluster, env) = short_timeout_broker("longkill").await?;
     let dispatcher = env.dispatcher();
     let mut doomed = Process::start(
         &env,
