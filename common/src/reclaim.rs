@@ -45,7 +45,8 @@ pub struct Lost {
     pub policy: RetryPolicy,
 }
 
-/// Moves every task of `queue` back to the priority queues and deletes it: `Some(moved)` (0 if
+/// Moves every task of `queue` back to the priority queues and deletes it, dropping the
+/// messages `spare` says are spare copies: `Some(moved)` (0 if
 /// it was gone already). `None` if it left the queue alone: a consumer stayed attached for
 /// `patience` (the worker is alive after all, or the broker still counts a consumer it lost),
 /// or `stop` fired.
@@ -56,6 +57,7 @@ pub async fn reclaim(
     patience: Duration,
     stop: &CancellationToken,
     lost: Option<&Lost>,
+    spare: &(dyn Fn(&BasicProperties) -> bool + Sync),
 ) -> Result<Option<usize>, BrokerError> {
     let polls = (patience.as_millis() / POLL.as_millis()).max(1);
     for _ in 0..polls {
@@ -67,7 +69,7 @@ pub async fn reclaim(
         };
         let _ = probe.close(200, "probe done".into()).await;
         if state.consumer_count() == 0 {
-            let moved = move_all(connection, topology, queue, lost).await?;
+            let moved = move_all(connection, topology, queue, lost, spare).await?;
             info!(queue, moved, "reclaimed a departed worker's queue");
             return Ok(Some(moved));
         }
@@ -89,6 +91,7 @@ async fn move_all(
     topology: &Topology,
     queue: &str,
     lost: Option<&Lost>,
+    spare: &(dyn Fn(&BasicProperties) -> bool + Sync),
 ) -> Result<usize, BrokerError> {
     let channel = confirmed_channel(connection).await?;
     let mut moved = 0;
@@ -98,6 +101,11 @@ async fn move_all(
             .await?
         {
             let delivery = &message.delivery;
+            if spare(&delivery.properties) {
+                // A leaving worker's renewed copy of a task it finished: nothing to move.
+                delivery.ack(BasicAckOptions::default()).await?;
+                continue;
+            }
             let decoded = Task::from_json(&delivery.data);
             // A renewed copy's mark meant "held by that worker": it no longer is.
             let original = without_header(delivery.properties.clone(), HEADER_RENEWAL);

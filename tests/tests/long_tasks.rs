@@ -184,3 +184,61 @@ async fn a_worker_killed_while_its_renewed_tasks_run_loses_none() -> anyhow::Res
     drop(cluster);
     Ok(())
 }
+
+/// warren renews what it holds after half of `amqp.consumer_timeout_ms` whatever the broker's
+/// own timeout, so this runs on the shared broker, which it does not reconfigure: a worker told
+/// to stop while its tasks' deliveries are being renewed lets them finish, and none of them
+/// runs a second time from a renewed copy left in its queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_worker_finishes_renewed_tasks_once() -> anyhow::Result<()> {
+    let mut env = TestEnv::new("renewdrain").await?;
+    // Renew every second.
+    env.config.amqp.consumer_timeout_ms = 2_000;
+    let dispatcher = env.dispatcher();
+    let mut worker = Process::start(
+        &env,
+        "warren-worker",
+        &[
+            ("WARREN__WORKER__ID", "drains"),
+            ("WARREN__WORKER__CONCURRENCY", "2"),
+        ],
+    )?;
+    let mut replies = env.reply_queue().await?;
+    let mut events = env.watch_events(&["task.started"]).await?;
+    let ids: Vec<String> = (0..2).map(|i| format!("drain-{i}")).collect();
+    for id in &ids {
+        env.submit(
+            json!({"id": id, "kind": "sleep", "payload": {"ms": 6_000}}),
+            &replies.name,
+        )
+        .await?;
+    }
+    for _ in &ids {
+        events.next_json(Duration::from_secs(30)).await?;
+    }
+    // Renewed a few times, then told to stop: the tasks finish within the grace period.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    worker.terminate()?;
+    let status = worker.wait(Duration::from_secs(60)).await?;
+    anyhow::ensure!(status.success(), "worker exited with {status}");
+    let rescue = env.worker("rescue", 2, warren_tests::Handlers::new());
+    let results = replies.collect(&ids, Duration::from_secs(30)).await?;
+    // A rerun from a leftover copy would start again on the rescue worker.
+    let late = replies
+        .collect_until(Duration::from_secs(8), |_| false)
+        .await;
+    anyhow::ensure!(late.is_err(), "a second result arrived: {late:?}");
+    for id in &ids {
+        assert_eq!(results[id].len(), 1, "{id}");
+        assert_eq!(
+            (results[id][0].status, results[id][0].worker.as_deref()),
+            (Status::Succeeded, Some("drains")),
+            "{id}"
+        );
+    }
+    let started = starts(&mut events).await?;
+    assert!(started.is_empty(), "started again: {started:?}");
+    rescue.stop().await?;
+    dispatcher.stop().await?;
+    env.cleanup().await
+}

@@ -107,6 +107,14 @@ impl Holdings {
         }
     }
 
+    /// Whether a message with `properties` is a renewed copy, made by worker `me`, of a task
+    /// that has finished here: a spare, to drop rather than run again.
+    pub(crate) fn is_spare(&self, me: &str, properties: &lapin::BasicProperties) -> bool {
+        let mine = header_str(properties, HEADER_RENEWAL).as_deref() == Some(me);
+        let id = properties.message_id().as_ref().map(|id| id.to_string());
+        mine && id.is_some_and(|id| self.finished.lock().expect("holdings lock").1.contains(&id))
+    }
+
     /// A delivery that may be a renewed copy made by worker `me`: taken as the new holder of its
     /// running task, dropped if it is a spare, or given back to run.
     pub(crate) async fn adopt(&self, me: &str, delivery: Delivery) -> Adopted {

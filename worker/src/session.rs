@@ -171,6 +171,11 @@ async fn session(
     while let Ok(Some(Ok(delivery))) =
         tokio::time::timeout(Duration::from_millis(500), consumer.next()).await
     {
+        // A renewed copy of a task still running holds it, as before the drain.
+        let delivery = match worker.holdings.adopt(&status.id, delivery).await {
+            Adopted::Taken => continue,
+            Adopted::Run(delivery) => delivery,
+        };
         let _ = delivery
             .nack(BasicNackOptions {
                 requeue: true,
@@ -199,6 +204,7 @@ async fn session(
         WORKER_PATIENCE,
         &CancellationToken::new(),
         None,
+        &|properties| worker.holdings.is_spare(&status.id, properties),
     )
     .await?;
     session_over.cancel();

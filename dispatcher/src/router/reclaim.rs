@@ -60,7 +60,16 @@ impl Reclaimer {
             loop {
                 let attempt = match pool.get().await {
                     Ok(connection) => {
-                        reclaim(&connection, &topology, &queue, patience, &stop, Some(&lost)).await
+                        reclaim(
+                            &connection,
+                            &topology,
+                            &queue,
+                            patience,
+                            &stop,
+                            Some(&lost),
+                            &|_| false,
+                        )
+                        .await
                     }
                     Err(err) => Err(err),
                 };
