@@ -64,14 +64,6 @@ pub(crate) struct Holdings {
     finished: Mutex<(VecDeque<String>, HashSet<String>)>,
 }
 
-/// What became of a renewed copy handed to [`Holdings::adopt`].
-pub(crate) enum Adopted {
-    /// It holds its running task now, or was dropped as a spare copy.
-    Taken,
-    /// Not a copy of a task this worker holds: run it as any task.
-    Run(Box<Delivery>),
-}
-
 impl Holdings {
     /// Holds task `id` by `delivery`.
     pub(crate) fn hold(&self, id: &str, delivery: Arc<Delivery>) -> Arc<Holder> {
@@ -116,16 +108,19 @@ impl Holdings {
     }
 
     /// A delivery that may be a renewed copy made by worker `me`: taken as the new holder of its
-    /// running task, dropped if it is a spare, or given back to run.
-    pub(crate) async fn adopt(&self, me: &str, delivery: Delivery) -> Adopted {
-        let renewal = header_str(&delivery.properties, HEADER_RENEWAL);
-        let id = delivery
+    /// running task, or dropped if it is a spare (`None`); otherwise given back to run.
+    pub(crate) async fn adopt(&self, me: &str, delivery: Delivery) -> Option<Delivery> {
+        // Most deliveries carry no renewal mark: nothing is allocated for them.
+        if header_str(&delivery.properties, HEADER_RENEWAL).as_deref() != Some(me) {
+            return Some(delivery);
+        }
+        let Some(id) = delivery
             .properties
             .message_id()
             .as_ref()
-            .map(|id| id.to_string());
-        let (Some(id), true) = (id, renewal.as_deref() == Some(me)) else {
-            return Adopted::Run(Box::new(delivery));
+            .map(|id| id.to_string())
+        else {
+            return Some(delivery);
         };
         let holder = self.held.lock().expect("holdings lock").get(&id).cloned();
         let Some(holder) = holder else {
@@ -133,9 +128,9 @@ impl Holdings {
             if finished {
                 debug!(task = %id, "dropping a renewed copy of a task that has finished");
                 let _ = delivery.ack(BasicAckOptions::default()).await;
-                return Adopted::Taken;
+                return None;
             }
-            return Adopted::Run(Box::new(delivery));
+            return Some(delivery);
         };
         let spare = {
             let mut state = holder.state.lock().expect("holder lock");
@@ -148,7 +143,7 @@ impl Holdings {
                 State::HandedBack => {
                     *state = State::Done;
                     drop(state);
-                    return Adopted::Run(Box::new(delivery));
+                    return Some(delivery);
                 }
                 State::Holding(_) | State::Done => true,
             }
@@ -156,7 +151,7 @@ impl Holdings {
         if spare {
             let _ = delivery.ack(BasicAckOptions::default()).await;
         }
-        Adopted::Taken
+        None
     }
 }
 

@@ -14,7 +14,6 @@ use tracing::{info, warn};
 use warren_common::reclaim::{WORKER_PATIENCE, reclaim};
 use warren_common::{BrokerError, Pool, WorkerState, confirmed_channel};
 
-use crate::holding::Adopted;
 use crate::{Worker, attempt, heartbeat};
 
 /// How a session ended.
@@ -134,9 +133,8 @@ async fn session(
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
                     // A renewed copy of a task it runs holds that task from now on.
-                    let delivery = match worker.holdings.adopt(&status.id, delivery).await {
-                        Adopted::Taken => continue,
-                        Adopted::Run(delivery) => *delivery,
+                    let Some(delivery) = worker.holdings.adopt(&status.id, delivery).await else {
+                        continue;
                     };
                     tasks.spawn(attempt::execute(
                         worker.clone(),
@@ -172,9 +170,8 @@ async fn session(
         tokio::time::timeout(Duration::from_millis(500), consumer.next()).await
     {
         // A renewed copy of a task still running holds it, as before the drain.
-        let delivery = match worker.holdings.adopt(&status.id, delivery).await {
-            Adopted::Taken => continue,
-            Adopted::Run(delivery) => delivery,
+        let Some(delivery) = worker.holdings.adopt(&status.id, delivery).await else {
+            continue;
         };
         let _ = delivery
             .nack(BasicNackOptions {
