@@ -293,6 +293,26 @@ impl TestEnv {
         Ok(())
     }
 
+    /// Takes the first message of the dead queue: its properties and its attempt history
+    /// (`x-warren-history`).
+    pub async fn dead_letter(
+        &self,
+    ) -> Result<(BasicProperties, Vec<warren_core::retry::AttemptRecord>)> {
+        let message = self
+            .channel
+            .basic_get(
+                self.topology.dead_queue().as_str().into(),
+                lapin::options::BasicGetOptions::default(),
+            )
+            .await?
+            .context("the dead queue is empty")?;
+        let properties = message.delivery.properties.clone();
+        let history =
+            warren_common::message::header_str(&properties, warren_common::HEADER_HISTORY)
+                .context("no x-warren-history")?;
+        Ok((properties, serde_json::from_str(&history)?))
+    }
+
     /// Puts `tasks` straight into a worker's `queue`, in the dispatcher's normalized form, with
     /// results going to `reply_to`.
     pub async fn queue_directly(&self, queue: &str, tasks: &[Value], reply_to: &str) -> Result<()> {

@@ -6,13 +6,12 @@
 use std::time::Duration;
 
 use lapin::BasicProperties;
-use lapin::options::{BasicGetOptions, BasicPublishOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use warren_common::message::{attempts, header_str};
-use warren_common::{HEADER_HISTORY, HEADER_SUBMITTER, Status, TaskEvent};
-use warren_core::retry::AttemptRecord;
+use warren_common::{HEADER_SUBMITTER, Status, TaskEvent};
 use warren_tests::{Handlers, TestEnv};
 
 /// Every header warren uses, forged: another submitter, attempts already spent, a made-up
@@ -123,18 +122,9 @@ async fn forged_warren_headers_change_nothing() -> anyhow::Result<()> {
     assert_eq!((fine.status, fine.attempts), (Status::Succeeded, 1));
 
     // The dead queue holds warren's own record: two attempts, both on w, no forged submitter.
-    let message = env
-        .channel
-        .basic_get(
-            env.topology.dead_queue().as_str().into(),
-            BasicGetOptions::default(),
-        )
-        .await?
-        .expect("the dead task is in the dead queue");
-    let dead = &message.delivery.properties;
+    let (message, history) = env.dead_letter().await?;
+    let dead = &message;
     assert_eq!(attempts(dead), 2);
-    let history: Vec<AttemptRecord> =
-        serde_json::from_str(&header_str(dead, HEADER_HISTORY).unwrap())?;
     let made: Vec<(u32, &str)> = history
         .iter()
         .map(|h| (h.attempt, h.worker.as_str()))

@@ -4,11 +4,9 @@
 
 use std::time::Duration;
 
-use lapin::options::BasicGetOptions;
 use serde_json::json;
-use warren_common::message::{attempts, header_str};
-use warren_common::{HEADER_HISTORY, Status};
-use warren_core::retry::AttemptRecord;
+use warren_common::Status;
+use warren_common::message::attempts;
 use warren_tests::{Process, TestEnv, ids, tasks};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,18 +95,9 @@ async fn a_task_that_kills_its_worker_is_dead_after_max_attempts_worker_losses()
     }
 
     // The dead queue keeps the task with each lost attempt in its history.
-    let message = env
-        .channel
-        .basic_get(
-            env.topology.dead_queue().as_str().into(),
-            BasicGetOptions::default(),
-        )
-        .await?
-        .expect("the poison task is in the dead queue");
-    let properties = &message.delivery.properties;
+    let (message, history) = env.dead_letter().await?;
+    let properties = &message;
     assert_eq!(attempts(properties), 3);
-    let history: Vec<AttemptRecord> =
-        serde_json::from_str(&header_str(properties, HEADER_HISTORY).unwrap())?;
     assert_eq!(
         history.iter().map(|h| h.attempt).collect::<Vec<_>>(),
         [1, 2, 3]
