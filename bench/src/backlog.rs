@@ -74,9 +74,7 @@ pub(crate) async fn run(
     let url = &settings.amqp_url;
     let client = broker::connect(url, "warren-bench backlog submitter").await?;
     let watcher = broker::connect(url, "warren-bench backlog events").await?;
-    let setup = client.create_channel().await?;
-    topology.declare(&setup).await?;
-    let _ = setup.close(200, "declared".into()).await;
+    topology.declare(&client).await?;
     let measured = match Fleet::start(binaries, url, &topology, &client).await {
         Ok(mut fleet) => {
             let observed = measure(

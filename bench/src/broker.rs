@@ -32,11 +32,11 @@ pub(crate) fn unique_prefix(phase: &str) -> String {
     format!("bench-{phase}-{}", &short[..8])
 }
 
-/// Declares a durable quorum queue.
+/// Declares a durable quorum queue (with the arguments of warren's queues that hold records:
+/// the floors' messages are never returned to it).
 pub(crate) async fn declare_quorum(connection: &Connection, name: &str) -> Result<()> {
-    let channel = connection.create_channel().await?;
-    warren_common::topology::declare_quorum(&channel, name).await?;
-    let _ = channel.close(200, "declared".into()).await;
+    use warren_common::topology::{Holds, declare_quorum};
+    declare_quorum(connection, name, Holds::Records).await?;
     Ok(())
 }
 

@@ -70,9 +70,7 @@ pub(crate) async fn run(
     let url = &settings.amqp_url;
     let client = broker::connect(url, "warren-bench pipeline submitter").await?;
     let receiver = broker::connect(url, "warren-bench pipeline results").await?;
-    let setup = client.create_channel().await?;
-    topology.declare(&setup).await?;
-    let _ = setup.close(200, "declared".into()).await;
+    topology.declare(&client).await?;
 
     let spinner = progress.spinner("pipeline: starting");
     let started = start_fleet(settings, binaries, url, &topology, &client).await;

@@ -1,12 +1,14 @@
 //! `warren dead …` and `warren rejected …`: list, requeue (dead only) and purge. Listing reads
-//! messages without acking them and hands them all back.
+//! messages without acking them and hands them all back (each listing counts one delivery of
+//! each message, against a limit on these queues that is never reached:
+//! `topology::UNREACHABLE_DELIVERY_LIMIT`).
 
 use anyhow::Result;
 use lapin::BasicProperties;
 use lapin::message::BasicGetMessage;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueuePurgeOptions};
 use lapin::types::FieldTable;
-use warren_common::message::{attempts, header_str};
+use warren_common::message::{attempts, dead_reason, is_broker_delivery_header};
 use warren_common::publish::{check_confirmation, inspect_queue, publish_to_queue};
 use warren_common::{
     HEADER_ATTEMPTS, HEADER_HISTORY, HEADER_NOT_BEFORE, HEADER_REASON, HEADER_REDELIVERED,
@@ -87,7 +89,7 @@ async fn list(context: &Session, queue: &str, limit: usize) -> Result<i32> {
             id,
             field("kind").unwrap_or_else(|| "-".into()),
             attempts(&delivery.properties),
-            header_str(&delivery.properties, HEADER_REASON).unwrap_or_default()
+            dead_reason(&delivery.properties).unwrap_or_default()
         );
     }
     println!("({} shown)", messages.len());
@@ -147,8 +149,9 @@ async fn requeue(context: &Session, queue: &str, ids: &[String], all: bool) -> R
     }
 }
 
-/// The dead task's properties without warren's attempt bookkeeping, so it starts over; the
-/// submitter's `reply_to` and `correlation_id` stay, so the result reaches them.
+/// The dead task's properties without warren's attempt bookkeeping or the broker's
+/// dead-lettering record, so it starts over; the submitter's `reply_to` and `correlation_id`
+/// stay, so the result reaches them.
 fn fresh(properties: &BasicProperties) -> BasicProperties {
     let mut headers = FieldTable::default();
     if let Some(old) = properties.headers() {
@@ -162,7 +165,7 @@ fn fresh(properties: &BasicProperties) -> BasicProperties {
                 HEADER_SUBMITTED,
             ]
             .contains(&key.as_str());
-            if !warren_bookkeeping {
+            if !warren_bookkeeping && !is_broker_delivery_header(key.as_str()) {
                 headers.insert(key.clone(), value.clone());
             }
         }

@@ -156,7 +156,70 @@ pub fn with_failed_attempt(
     )
 }
 
+/// Why a message is in the dead queue. For a message RabbitMQ dead-lettered itself (a task
+/// returned to its queue more often than [`crate::topology::DELIVERY_LIMIT`]), the broker's
+/// `x-first-death-reason` and queue; otherwise warren's `x-warren-reason`.
+pub fn dead_reason(properties: &BasicProperties) -> Option<String> {
+    let Some(reason) = header_str(properties, "x-first-death-reason") else {
+        return header_str(properties, HEADER_REASON);
+    };
+    let queue = header_str(properties, "x-first-death-queue").unwrap_or_else(|| "?".into());
+    Some(match reason.as_str() {
+        "delivery_limit" => format!(
+            "returned to {queue} more often than its delivery limit ({})",
+            crate::topology::DELIVERY_LIMIT
+        ),
+        other => format!("dead-lettered by RabbitMQ from {queue} ({other})"),
+    })
+}
+
+/// Whether `name` is a header RabbitMQ sets when it dead-letters or redelivers a message
+/// (`x-death`, `x-first-death-*`, `x-last-death-*`, `x-delivery-count`, `x-acquired-count`):
+/// a message published anew must not carry them.
+pub fn is_broker_delivery_header(name: &str) -> bool {
+    name == "x-death"
+        || name.starts_with("x-first-death-")
+        || name.starts_with("x-last-death-")
+        || name == "x-delivery-count"
+        || name == "x-acquired-count"
+}
+
 /// An empty header table, for call sites that need one.
 pub fn no_arguments() -> FieldTable {
     FieldTable::default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_text(properties: BasicProperties, name: &str, value: &str) -> BasicProperties {
+        with_header(properties, name, AMQPValue::LongString(value.into()))
+    }
+
+    #[test]
+    fn a_broker_dead_letter_names_the_queue_and_the_limit() {
+        let warren = with_reason(BasicProperties::default(), "expired");
+        assert_eq!(dead_reason(&warren).as_deref(), Some("expired"));
+        let broker = with_text(warren, "x-first-death-reason", "delivery_limit");
+        let broker = with_text(broker, "x-first-death-queue", "w.tasks.high");
+        let reason = dead_reason(&broker).unwrap();
+        assert!(reason.contains("w.tasks.high"), "{reason}");
+        assert!(reason.contains("delivery limit (20)"), "{reason}");
+        assert_eq!(dead_reason(&BasicProperties::default()), None);
+    }
+
+    #[test]
+    fn knows_the_headers_the_broker_sets() {
+        for name in [
+            "x-death",
+            "x-first-death-queue",
+            "x-last-death-reason",
+            "x-delivery-count",
+        ] {
+            assert!(is_broker_delivery_header(name), "{name}");
+        }
+        assert!(!is_broker_delivery_header("x-warren-reason"));
+        assert!(!is_broker_delivery_header("traceparent"));
+    }
 }

@@ -3,8 +3,9 @@
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
 
 /// One priority level: a quorum queue holding the tasks whose priority is at least
 /// `min_priority` (and below the next level's).
@@ -129,27 +130,28 @@ impl Topology {
         queues
     }
 
-    /// Declares the exchanges and shared queues. Safe to run any number of times.
-    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+    /// Declares the exchanges and shared queues. Safe to run any number of times, and on
+    /// queues an older warren declared (see [`Declarer`]).
+    pub async fn declare(&self, connection: &Connection) -> lapin::Result<()> {
+        let mut declarer = Declarer::open(connection).await?;
         for exchange in [self.submit_exchange(), self.events_exchange()] {
-            declare_topic_exchange(channel, &exchange).await?;
+            declare_topic_exchange(declarer.channel(), &exchange).await?;
         }
-        for queue in &self.task_queues() {
-            declare_quorum(channel, queue).await?;
+        // The dead queue first: the others dead-letter into it.
+        for queue in [self.dead_queue(), self.rejected_queue()] {
+            declarer.quorum(&queue, Holds::Records).await?;
         }
-        let mut single_active = quorum_arguments();
-        single_active.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
-        channel
-            .queue_declare(
-                self.leader_queue().as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                single_active,
-            )
+        declarer
+            .quorum(&self.intake_queue(), self.holds_tasks())
             .await?;
-        channel
+        for level in 0..self.levels.len() {
+            declarer
+                .quorum(&self.level_queue(level), self.holds_tasks())
+                .await?;
+        }
+        declarer.quorum(&self.leader_queue(), Holds::Baton).await?;
+        declarer
+            .channel()
             .queue_bind(
                 self.intake_queue().as_str().into(),
                 self.submit_exchange().as_str().into(),
@@ -157,7 +159,9 @@ impl Topology {
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
-            .await
+            .await?;
+        declarer.close().await;
+        Ok(())
     }
 
     /// Declares what a worker needs of its own: the events exchange (for heartbeats) and its
@@ -165,21 +169,185 @@ impl Topology {
     /// needs no rights over them beyond publishing (see deploy/rabbitmq/definitions.json).
     pub async fn declare_for_worker(
         &self,
-        channel: &Channel,
+        connection: &Connection,
         worker_id: &str,
     ) -> lapin::Result<()> {
-        declare_topic_exchange(channel, &self.events_exchange()).await?;
-        self.declare_worker_queue(channel, worker_id).await
+        let mut declarer = Declarer::open(connection).await?;
+        declare_topic_exchange(declarer.channel(), &self.events_exchange()).await?;
+        declarer
+            .quorum(&self.worker_queue(worker_id), self.holds_tasks())
+            .await?;
+        declarer.close().await;
+        Ok(())
     }
 
     /// Declares one worker's queue.
     pub async fn declare_worker_queue(
         &self,
-        channel: &Channel,
+        connection: &Connection,
         worker_id: &str,
     ) -> lapin::Result<()> {
-        declare_quorum(channel, &self.worker_queue(worker_id)).await
+        let mut declarer = Declarer::open(connection).await?;
+        declarer
+            .quorum(&self.worker_queue(worker_id), self.holds_tasks())
+            .await?;
+        declarer.close().await;
+        Ok(())
     }
+
+    /// What the queues that carry tasks hold: tasks, dead-lettered into the dead queue past
+    /// the delivery limit.
+    fn holds_tasks(&self) -> Holds {
+        Holds::Tasks {
+            dead_queue: self.dead_queue(),
+        }
+    }
+}
+
+/// How many times a quorum queue that carries tasks (intake, priority levels, worker queues)
+/// hands a message out before it dead-letters it into `<prefix>.dead` (reason
+/// `delivery_limit`). Set explicitly on every such queue, so that every RabbitMQ version behaves
+/// alike: 3.x has no limit by default; 4.x has this same one by default but *drops* what exceeds
+/// it unless the queue dead-letters. warren itself never returns a task to its queue in a loop
+/// (it counts attempts and hands long tasks on as fresh messages), so only a process that dies
+/// again and again while holding the same message, or a draining worker's hand-backs, can use
+/// it up.
+pub const DELIVERY_LIMIT: i32 = 20;
+
+/// The delivery limit of the queues that hold records rather than work (dead, rejected) and of
+/// the leader queue: so high that it is never reached (`warren dead list` hands each message
+/// back once per listing). Not `-1`, which means "unlimited" to RabbitMQ 4 but "drop at the
+/// first return" to 3.x.
+pub const UNREACHABLE_DELIVERY_LIMIT: i32 = 1_000_000_000;
+
+/// What a quorum queue holds, which decides its arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holds {
+    /// Tasks: [`DELIVERY_LIMIT`], then at-least-once dead-lettering into `dead_queue`.
+    Tasks {
+        /// Where a task past the limit goes.
+        dead_queue: String,
+    },
+    /// Records (dead tasks, rejected messages, benchmark messages):
+    /// [`UNREACHABLE_DELIVERY_LIMIT`], no dead-lettering.
+    Records,
+    /// The leader baton: a single-active-consumer queue with [`UNREACHABLE_DELIVERY_LIMIT`].
+    Baton,
+}
+
+impl Holds {
+    /// The queue arguments this warren declares.
+    pub fn arguments(&self) -> FieldTable {
+        let mut arguments = self.legacy_arguments();
+        let limit = match self {
+            Holds::Tasks { .. } => DELIVERY_LIMIT,
+            Holds::Records | Holds::Baton => UNREACHABLE_DELIVERY_LIMIT,
+        };
+        arguments.insert("x-delivery-limit".into(), AMQPValue::LongInt(limit));
+        if let Holds::Tasks { dead_queue } = self {
+            // Through the default exchange, straight to the dead queue. At-least-once: the
+            // message leaves this queue only once the dead queue has confirmed it (RabbitMQ
+            // requires reject-publish overflow for that; no length limit is set, so nothing
+            // is ever refused for it).
+            let text = |s: &str| AMQPValue::LongString(s.into());
+            arguments.insert("x-dead-letter-exchange".into(), text(""));
+            arguments.insert("x-dead-letter-routing-key".into(), text(dead_queue));
+            arguments.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+            arguments.insert("x-overflow".into(), text("reject-publish"));
+        }
+        arguments
+    }
+
+    /// The arguments warren declared before it set delivery limits (up to 0.1 of this
+    /// repository's history): the queue type, and single-active-consumer for the baton.
+    fn legacy_arguments(&self) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        if *self == Holds::Baton {
+            arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        }
+        arguments
+    }
+}
+
+/// Declares quorum queues on one connection, tolerating queues an older warren declared.
+///
+/// RabbitMQ refuses to redeclare a queue with other arguments (`PRECONDITION_FAILED`, which
+/// closes the channel), and a queue's arguments cannot change after it is declared. A queue
+/// that a warren from before delivery limits declared is therefore redeclared with the
+/// arguments of that time: if the broker accepts those, the queue is used as it is, with a
+/// warning naming the policy that gives it the limit (deploy/rabbitmq/definitions.json,
+/// `warren-task-queues`). Anything else that differs (say, a classic queue of that name) is
+/// still an error.
+pub struct Declarer<'a> {
+    connection: &'a Connection,
+    channel: Channel,
+}
+
+impl<'a> Declarer<'a> {
+    /// A declarer with a fresh channel on `connection`.
+    pub async fn open(connection: &'a Connection) -> lapin::Result<Declarer<'a>> {
+        let channel = connection.create_channel().await?;
+        Ok(Declarer {
+            connection,
+            channel,
+        })
+    }
+
+    /// Its current channel (replaced after a refused declaration).
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Declares a durable quorum queue holding `holds`.
+    pub async fn quorum(&mut self, name: &str, holds: Holds) -> lapin::Result<()> {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = self
+            .channel
+            .queue_declare(name.into(), durable, holds.arguments())
+            .await;
+        let refused = match declared {
+            Ok(_) => return Ok(()),
+            Err(err) if is_precondition_failed(&err) => err,
+            Err(err) => return Err(err),
+        };
+        self.channel = self.connection.create_channel().await?;
+        self.channel
+            .queue_declare(name.into(), durable, holds.legacy_arguments())
+            .await?;
+        warn!(
+            queue = name,
+            "this queue was declared without a delivery limit or dead-lettering (by a warren \
+             from before both, or by hand), and a queue's arguments cannot change: using it as \
+             it is. On RabbitMQ 4 a message returned to it {DELIVERY_LIMIT} times would be \
+             dropped; apply the policies of deploy/rabbitmq/definitions.json, or delete the \
+             queue while it is empty so that warren declares it anew"
+        );
+        debug!(
+            queue = name,
+            "the broker refused the declaration: {refused}"
+        );
+        Ok(())
+    }
+
+    /// Closes its channel.
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "declared".into()).await;
+    }
+}
+
+fn is_precondition_failed(err: &lapin::Error) -> bool {
+    matches!(
+        err.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if amqp.get_id() == 406
+    )
 }
 
 /// Declares a durable topic exchange.
@@ -198,29 +366,16 @@ pub async fn declare_topic_exchange(channel: &Channel, name: &str) -> lapin::Res
         .await
 }
 
-/// Declares a durable quorum queue.
-pub async fn declare_quorum(channel: &Channel, name: &str) -> lapin::Result<()> {
-    let arguments = quorum_arguments();
-    channel
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            arguments,
-        )
-        .await
-        .map(|_| ())
-}
-
-fn quorum_arguments() -> FieldTable {
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    arguments
+/// Declares a durable quorum queue holding `holds` (see [`Declarer`]).
+pub async fn declare_quorum(
+    connection: &Connection,
+    name: &str,
+    holds: Holds,
+) -> lapin::Result<()> {
+    let mut declarer = Declarer::open(connection).await?;
+    declarer.quorum(name, holds).await?;
+    declarer.close().await;
+    Ok(())
 }
 
 /// The default levels: high 7–9, normal 4–6, low 0–3.

@@ -124,9 +124,7 @@ async fn session(
     shutdown: &CancellationToken,
 ) -> Result<(), BrokerError> {
     let topology = &dispatcher.topology;
-    let setup = connection.create_channel().await?;
-    topology.declare(&setup).await?;
-    let _ = setup.close(200, "declared".into()).await;
+    topology.declare(connection).await?;
     // Stops intake, routing and the queue-depth poller: on shutdown, or when a part fails.
     let stop = shutdown.child_token();
     let poller = metrics::poll_depths(

@@ -154,10 +154,10 @@ impl TestEnv {
         // by the node they were declared on.
         let first = &config.amqp.urls[0];
         if first == client_url {
-            topology.declare(&channel).await?;
+            topology.declare(&connection).await?;
         } else {
             let declaring = broker::connect(first, &config.amqp, "warren-tests declare").await?;
-            topology.declare(&declaring.create_channel().await?).await?;
+            topology.declare(&declaring).await?;
             let _ = declaring.close(200, "declared".into()).await;
         }
         Ok(TestEnv {

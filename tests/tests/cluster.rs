@@ -217,7 +217,7 @@ async fn a_worker_stopped_while_a_node_is_down_leaves_its_queue_to_the_dispatche
     env.config.dispatcher.reclaim_patience_ms = 5_000;
     let queue = env.topology.worker_queue("w1");
     env.topology
-        .declare_worker_queue(&env.channel, "w1")
+        .declare_worker_queue(&env.connection, "w1")
         .await?;
     let dispatcher = env.dispatcher();
     let mut worker = Process::start(

@@ -65,7 +65,7 @@ async fn session(
     let consume_channel = connection.create_channel().await?;
     worker
         .topology
-        .declare_for_worker(&consume_channel, &status.id)
+        .declare_for_worker(connection, &status.id)
         .await?;
     // Its slots plus the most the dispatcher queues ahead for it: what waits in its queue is
     // delivered, so the broker hands over tasks in batches rather than one per ack (measured:
