@@ -64,7 +64,14 @@ fn bar(length: usize, what: &str) -> ProgressBar {
 }
 
 /// Submits every task of `path`; returns the exit code (with `wait`: 0 if all succeeded).
-pub(crate) async fn run(context: &Session, path: &Path, wait: bool, timeout: u64) -> Result<i32> {
+/// The ids go to `ids` (one a line) if given, else to standard output once submitted.
+pub(crate) async fn run(
+    context: &Session,
+    path: &Path,
+    ids: Option<&Path>,
+    wait: bool,
+    timeout: u64,
+) -> Result<i32> {
     let tasks = read_tasks(path)?;
     let channel = confirmed_channel(&context.connection).await?;
     let mut replies = None;
@@ -92,6 +99,16 @@ pub(crate) async fn run(context: &Session, path: &Path, wait: bool, timeout: u64
         submitting.inc(1);
     }
     submitting.finish();
+    let listed: String = tasks
+        .iter()
+        .filter_map(|t| t["id"].as_str())
+        .map(|id| format!("{id}\n"))
+        .collect();
+    match ids {
+        Some(file) => std::fs::write(file, listed)
+            .with_context(|| format!("writing the ids to {}", file.display()))?,
+        None => print!("{listed}"),
+    }
     let Some(mut replies) = replies else {
         return Ok(0);
     };
@@ -131,6 +148,9 @@ pub(crate) async fn run(context: &Session, path: &Path, wait: bool, timeout: u64
             waiting.len(),
             tasks.len()
         );
+        let mut missing: Vec<String> = waiting.iter().cloned().collect();
+        missing.sort();
+        crate::waiting::explain(context, &missing).await;
     }
     println!(
         "{} submitted, {} succeeded, {failed} did not, {} without a result",

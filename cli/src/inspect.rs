@@ -48,7 +48,25 @@ pub(crate) async fn status(context: &Session) -> Result<i32> {
     let running: usize = workers.values().map(|w| w.running.len()).sum();
     let capacity: u32 = workers.values().map(|w| w.concurrency).sum();
     println!();
-    println!("dispatchers: {dispatchers} (one leads, the others stand by)");
+    if dispatchers == 0 {
+        println!("dispatchers: none running: nothing is routed to workers");
+    } else {
+        println!("dispatchers: {dispatchers} (one leads, the others stand by)");
+    }
+    let answer = crate::waiting::ask(context, 0, Some(&[]), Duration::from_secs(2))
+        .await
+        .ok()
+        .flatten();
+    match answer {
+        Some(answer) => println!(
+            "waiting: {} held by the routing dispatcher (`warren waiting` lists them)",
+            crate::waiting::summary(&answer.waiting)
+        ),
+        None if dispatchers > 0 => {
+            println!("waiting: unknown (no dispatcher routes yet, or none answered in 2 s)")
+        }
+        None => {}
+    }
     println!(
         "workers: {} live, running {running} of {capacity} slots",
         workers.len()

@@ -5,6 +5,7 @@ mod batch;
 mod inspect;
 mod queues;
 mod submit;
+mod waiting;
 
 use std::path::PathBuf;
 
@@ -43,9 +44,23 @@ enum Command {
         /// Wait for the result and print it (exit 1 unless it succeeded).
         #[arg(long, short)]
         wait: bool,
-        /// How long to wait for the result(s), in seconds.
+        /// How long to wait for the result(s), in seconds; if one does not come, says why the
+        /// task waits.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+        /// With --file: write the submitted tasks' ids to IDS, one a line, instead of printing
+        /// them.
+        #[arg(long, requires = "file")]
+        ids: Option<PathBuf>,
+    },
+    /// The tasks the routing dispatcher holds, oldest first, with why each waits.
+    Waiting {
+        /// At most this many tasks (counts cover all).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// The dispatcher's answer as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Depth of every queue, live workers and whether a dispatcher leads.
     Status,
@@ -113,10 +128,11 @@ async fn main() -> Result<()> {
     let code = match cli.command {
         Command::Submit {
             file: Some(file),
+            ids,
             wait,
             timeout,
             ..
-        } => batch::run(&context, &file, wait, timeout).await?,
+        } => batch::run(&context, &file, ids.as_deref(), wait, timeout).await?,
         Command::Submit {
             kind,
             payload,
@@ -129,6 +145,7 @@ async fn main() -> Result<()> {
             submit::run(&context, &kind, &payload, priority, wait, timeout).await?
         }
         Command::Status => inspect::status(&context).await?,
+        Command::Waiting { limit, json } => waiting::run(&context, limit, json).await?,
         Command::Workers => inspect::workers(&context).await?,
         Command::Dead { action } => {
             let queue = context.topology.dead_queue();

@@ -78,6 +78,7 @@ pub(crate) async fn run(
         Ok(None) => bail!("the reply consumer ended"),
         Err(_) => {
             eprintln!("warren: no result for {id} within {timeout} s");
+            crate::waiting::explain(context, std::slice::from_ref(&id)).await;
             return Ok(1);
         }
     };

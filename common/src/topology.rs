@@ -67,6 +67,13 @@ impl Topology {
         format!("{}.leader", self.prefix)
     }
 
+    /// The quorum queue of questions for the routing dispatcher (`warren waiting`): a JSON
+    /// request with `reply_to`, answered by the dispatcher that routes (README, *Waiting
+    /// tasks*).
+    pub fn requests_queue(&self) -> String {
+        format!("{}.requests", self.prefix)
+    }
+
     /// The quorum queue of priority level `index` (0 = most urgent).
     pub fn level_queue(&self, index: usize) -> String {
         format!("{}.tasks.{}", self.prefix, self.levels[index].name)
@@ -123,10 +130,11 @@ impl Topology {
         queues
     }
 
-    /// Every shared queue: [`Topology::task_queues`] and the leader queue.
+    /// Every shared queue: [`Topology::task_queues`], the leader and requests queues.
     pub fn shared_queues(&self) -> Vec<String> {
         let mut queues = self.task_queues();
         queues.push(self.leader_queue());
+        queues.push(self.requests_queue());
         queues
     }
 
@@ -138,7 +146,11 @@ impl Topology {
             declare_topic_exchange(declarer.channel(), &exchange).await?;
         }
         // The dead queue first: the others dead-letter into it.
-        for queue in [self.dead_queue(), self.rejected_queue()] {
+        for queue in [
+            self.dead_queue(),
+            self.rejected_queue(),
+            self.requests_queue(),
+        ] {
             declarer.quorum(&queue, Holds::Records).await?;
         }
         declarer
@@ -228,7 +240,7 @@ pub enum Holds {
         /// Where a task past the limit goes.
         dead_queue: String,
     },
-    /// Records (dead tasks, rejected messages, benchmark messages):
+    /// Records (dead tasks, rejected messages, requests, benchmark messages):
     /// [`UNREACHABLE_DELIVERY_LIMIT`], no dead-lettering.
     Records,
     /// The leader baton: a single-active-consumer queue with [`UNREACHABLE_DELIVERY_LIMIT`].

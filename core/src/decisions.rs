@@ -12,6 +12,7 @@ use crate::fleet::{Change, Fleet, LostWorker, WorkerEntry};
 use crate::idempotency::{Ending, Idempotency, Prior, Waiter};
 use crate::scheduler::{Assignment, Held, Origin, Scheduler, TaskInfo};
 use crate::settings::Settings;
+use crate::waiting::Waiting;
 
 /// What to do with a task handed to the core.
 #[derive(Debug)]
@@ -234,9 +235,9 @@ impl<H> Core<H> {
         self.fleet.reclaims_stopped();
     }
 
-    /// Held tasks that no known worker is able to run at all, by kind (they wait).
-    pub fn unrunnable(&self) -> Vec<(String, usize)> {
-        self.scheduler.unrunnable(&self.fleet)
+    /// Why the held tasks wait: counts of all, and the oldest `limit` (of `ids`, if given).
+    pub fn waiting(&self, now: Instant, limit: usize, ids: Option<&[String]>) -> Waiting {
+        Waiting::over(self.scheduler.tasks(), &self.fleet, now, limit, ids)
     }
 
     /// Tasks held per level.

@@ -13,6 +13,7 @@
 //! - [`idempotency`]: ids dispatched lately and the answers duplicates get;
 //! - [`retry`]: what a finished attempt leads to (success, retry after a backoff, dead,
 //!   failed) and the backoffs, for tasks and for reconnecting;
+//! - [`waiting`]: why each held task waits;
 //! - [`decisions`]: [`Core`], the one front door that ties them together.
 #![warn(missing_docs)]
 
@@ -27,6 +28,7 @@ pub mod retry;
 pub mod scheduler;
 pub mod settings;
 pub mod sim;
+pub mod waiting;
 
 pub use decisions::{Admission, Core, Decision, Released};
 pub use facts::{Heartbeat, Status, WorkerState};
@@ -34,3 +36,4 @@ pub use fleet::{Change, Fleet, LostWorker, WorkerEntry};
 pub use idempotency::{Ending, Idempotency, Prior, Waiter};
 pub use scheduler::{Assignment, Held, Origin, Scheduler, TaskInfo};
 pub use settings::Settings;
+pub use waiting::{WaitReason, Waiting, WaitingTask};

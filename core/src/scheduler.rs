@@ -117,6 +117,14 @@ impl<H> Scheduler<H> {
         self.levels.iter().map(Vec::len).collect()
     }
 
+    /// Every held task, with its level.
+    pub fn tasks(&self) -> impl Iterator<Item = (usize, &TaskInfo)> {
+        self.levels
+            .iter()
+            .enumerate()
+            .flat_map(|(level, held)| held.iter().map(move |h| (level, &h.task)))
+    }
+
     /// Learns that a task of `kind` ran for `duration_ms`.
     pub fn observe(&mut self, kind: &str, duration_ms: f64) {
         self.estimator.observe(kind, duration_ms);
@@ -152,24 +160,6 @@ impl<H> Scheduler<H> {
             }
         }
         taken
-    }
-
-    /// Held tasks that no known worker is able to run at all, by kind (they wait).
-    pub fn unrunnable(&self, registry: &Fleet) -> Vec<(String, usize)> {
-        let mut kinds: Vec<(String, usize)> = Vec::new();
-        for held in self.levels.iter().flatten() {
-            let task = &held.task;
-            let able = registry
-                .workers()
-                .any(|w| w.is_able(&task.kind, &task.requires) && w.capacity >= task.cost);
-            if !able {
-                match kinds.iter_mut().find(|(kind, _)| *kind == task.kind) {
-                    Some((_, count)) => *count += 1,
-                    None => kinds.push((task.kind.clone(), 1)),
-                }
-            }
-        }
-        kinds
     }
 
     /// The next task to send and where, if any held task can go to a worker now. Tasks no

@@ -199,11 +199,18 @@ fn unrunnable_tasks_wait_without_blocking_others() {
     assert!(sent.iter().any(|(id, _)| id == "plain"));
     assert_eq!(sent.len(), 2);
     assert_eq!(scheduler.held(), [2]);
-    let mut waiting = scheduler.unrunnable(&registry);
-    waiting.sort();
+    let waiting = crate::waiting::Waiting::over(scheduler.tasks(), &registry, t, 10, None);
+    let reasons: Vec<(&str, String)> = waiting
+        .tasks
+        .iter()
+        .map(|w| (w.id.as_str(), w.detail.clone()))
+        .collect();
     assert_eq!(
-        waiting,
-        [("echo".to_string(), 1), ("resize".to_string(), 1)]
+        reasons,
+        [
+            ("needs-tpu", "no live worker has the tags tpu".to_owned()),
+            ("other-kind", "no live worker runs kind resize".to_owned())
+        ]
     );
 }
 

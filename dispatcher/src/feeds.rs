@@ -56,12 +56,16 @@ pub(crate) enum Input {
     },
     /// This dispatcher received the leader baton: it may route.
     Leader,
+    /// A question for the routing dispatcher (`<prefix>.requests`), answered to its
+    /// `reply_to`.
+    Request(Box<Delivery>),
     /// A consumer failed: the session must restart.
     Failed(BrokerError),
 }
 
 /// Starts one consumer per priority level on one channel, each with `window` unacked
-/// deliveries at most, forwarding into `inputs`. Returns the channel, to close at the end.
+/// deliveries at most, and one of the requests queue, forwarding into `inputs`. Returns the
+/// channel, to close at the end: only the routing dispatcher consumes these.
 pub(crate) async fn levels(
     connection: &Connection,
     topology: &Topology,
@@ -88,6 +92,17 @@ pub(crate) async fn levels(
             })
         });
     }
+    let requests = channel
+        .basic_consume(
+            topology.requests_queue().as_str().into(),
+            "warren-requests".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    forward(requests, inputs.clone(), |delivery| {
+        Some(Input::Request(Box::new(delivery)))
+    });
     Ok(channel)
 }
 

@@ -25,6 +25,13 @@ pub(crate) struct QueueLabels {
     pub(crate) queue: String,
 }
 
+/// Labels of the waiting-tasks gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabels {
+    /// Why they wait ([`warren_core::WaitReason::code`]).
+    pub(crate) reason: String,
+}
+
 /// Every metric one dispatcher process exports.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -43,6 +50,8 @@ pub(crate) struct Metrics {
     pub(crate) leader: Gauge,
     /// `warren_held_tasks`: tasks in the scheduling window.
     pub(crate) held: Gauge,
+    /// `warren_waiting_tasks{reason}`: held tasks by why they wait.
+    pub(crate) waiting: Family<ReasonLabels, Gauge>,
     /// `warren_departed_workers`: workers declared dead whose queues are not reclaimed yet.
     pub(crate) departed: Gauge,
     /// `warren_dispatcher_duplicates_total`: submissions of an id already dispatched lately.
@@ -62,6 +71,7 @@ impl Metrics {
             workers: Gauge::default(),
             leader: Gauge::default(),
             held: Gauge::default(),
+            waiting: Family::default(),
             departed: Gauge::default(),
             duplicates: Counter::default(),
             fast_path: Counter::default(),
@@ -101,6 +111,11 @@ impl Metrics {
             "held_tasks",
             "Tasks held in this dispatcher's scheduling window",
             metrics.held.clone(),
+        );
+        registry.register(
+            "waiting_tasks",
+            "Tasks held in this dispatcher's scheduling window, by why they wait (no_worker_for_kind, missing_tags, too_costly, backoff, busy)",
+            metrics.waiting.clone(),
         );
         registry.register(
             "departed_workers",

@@ -618,6 +618,16 @@ impl Process {
     /// Runs binary `name` with this environment's configuration and `args` to completion;
     /// returns its exit code and stdout.
     pub async fn output(env: &TestEnv, name: &str, args: &[&str]) -> Result<(i32, String)> {
+        let (code, stdout, _) = Process::output_all(env, name, args).await?;
+        Ok((code, stdout))
+    }
+
+    /// Runs binary `name` like [`Process::output`]; returns its exit code, stdout and stderr.
+    pub async fn output_all(
+        env: &TestEnv,
+        name: &str,
+        args: &[&str],
+    ) -> Result<(i32, String, String)> {
         let output = tokio::process::Command::new(binary(name)?)
             .args(args)
             .envs(env.env_vars())
@@ -628,7 +638,8 @@ impl Process {
             .await
             .with_context(|| format!("{name} {args:?} did not finish"))??;
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        Ok((output.status.code().unwrap_or(-1), stdout))
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        Ok((output.status.code().unwrap_or(-1), stdout, stderr))
     }
 
     /// Starts binary `name` with this environment's configuration plus `extra` variables.

@@ -6,11 +6,13 @@
 //!
 //! - `arrivals`: deliveries in, as facts;
 //! - `answers`: results, duplicates and burials out;
-//! - `reclaim`: dead workers' queues reclaimed in the background.
+//! - `reclaim`: dead workers' queues reclaimed in the background;
+//! - `requests`: questions for the routing dispatcher (why tasks wait).
 
 mod answers;
 mod arrivals;
 mod reclaim;
+mod requests;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,7 +39,7 @@ use crate::notify::Notifier;
 
 /// How often silent workers are looked for.
 const LIVENESS_TICK: Duration = Duration::from_millis(250);
-/// How often tasks that no live worker can run are reported.
+/// How often tasks that no live worker can run are logged.
 const WAITING_REPORT: Duration = Duration::from_secs(10);
 
 /// The router of one broker session.
@@ -132,6 +134,7 @@ impl Router<'_> {
             Input::Unsent { worker, task } => self.core.unsent(&worker, &task),
             Input::Began { worker, task } => self.core.began(&worker, &task),
             Input::Leader => self.leading_since = Some(Instant::now()),
+            Input::Request(delivery) => self.answer_request(*delivery),
             Input::Failed(err) => return Err(err),
         }
         Ok(())
@@ -145,6 +148,12 @@ impl Router<'_> {
         metrics.workers.set(gauge(fleet.workers().count()));
         metrics.leader.set(i64::from(self.levels_channel.is_some()));
         metrics.held.set(gauge(self.core.held().iter().sum()));
+        // Counts only: no task is listed for an empty set of ids.
+        let waiting = self.core.waiting(Instant::now(), 0, Some(&[]));
+        for (reason, count) in waiting.counts {
+            let labels = crate::metrics::ReasonLabels { reason };
+            metrics.waiting.get_or_create(&labels).set(gauge(count));
+        }
         metrics.departed.set(gauge(fleet.departed().count()));
     }
 
@@ -271,11 +280,18 @@ impl Router<'_> {
     fn expire(&mut self) {
         if self.last_report.elapsed() >= WAITING_REPORT {
             self.last_report = Instant::now();
-            let waiting = self.core.unrunnable();
-            if !waiting.is_empty() {
+            let waiting = self.core.waiting(Instant::now(), 5, None);
+            let stuck = waiting.held - waiting.counts["busy"] - waiting.counts["backoff"];
+            if stuck > 0 {
+                let oldest: Vec<String> = waiting
+                    .tasks
+                    .iter()
+                    .map(|t| format!("{} ({}): {}", t.id, t.kind, t.detail))
+                    .collect();
                 warn!(
-                    ?waiting,
-                    "tasks wait: no live worker can run these kinds (or tags, or cost)"
+                    stuck,
+                    ?oldest,
+                    "tasks wait that no live worker can run (`warren waiting` lists them)"
                 );
             }
         }
