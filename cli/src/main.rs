@@ -66,7 +66,7 @@ enum Command {
     Status,
     /// Live workers, from their heartbeats.
     Workers,
-    /// Tasks that exhausted their attempts or missed their deadline.
+    /// Tasks that exhausted their attempts, missed their deadline or that their handler aborted.
     Dead {
         #[command(subcommand)]
         action: QueueAction,

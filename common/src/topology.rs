@@ -56,7 +56,8 @@ impl Topology {
         format!("{}.rejected", self.prefix)
     }
 
-    /// The quorum queue of tasks that exhausted their attempts, expired or were cancelled.
+    /// The quorum queue of tasks that exhausted their attempts, expired or that their handler
+    /// aborted (status `failed`).
     pub fn dead_queue(&self) -> String {
         format!("{}.dead", self.prefix)
     }

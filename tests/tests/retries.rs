@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use warren_common::message::{attempts, header_str};
 use warren_common::{HEADER_HISTORY, HEADER_REASON, Status};
 use warren_core::retry::AttemptRecord;
-use warren_tests::{HandlerError, Handlers, TaskContext, TestEnv};
+use warren_tests::{HandlerError, Handlers, Process, TaskContext, TestEnv};
 
 fn flaky_handlers() -> Handlers {
     let mut registry = Handlers::new();
@@ -165,7 +165,7 @@ async fn failed_attempts_are_retried_with_backoff_until_success_or_death() -> an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_aborting_handler_fails_without_retry() -> anyhow::Result<()> {
+async fn an_aborting_handler_fails_without_retry_and_stays_findable() -> anyhow::Result<()> {
     let env = TestEnv::new("abort").await?;
     let mut handlers = Handlers::new();
     handlers.register("strict", |_: TaskContext| async {
@@ -184,7 +184,27 @@ async fn an_aborting_handler_fails_without_retry() -> anyhow::Result<()> {
         .await?;
     assert_eq!(results["x"][0].status, Status::Failed);
     assert_eq!(results["x"][0].attempts, 1);
-    assert_eq!(env.depth(&env.topology.dead_queue()).await?, 0);
+    // No silent end: it waits in the dead queue, found by id, with why, and can be requeued.
+    let (code, listing) = Process::output(&env, "warren", &["dead", "list"]).await?;
+    assert_eq!(code, 0);
+    let line = listing
+        .lines()
+        .find(|l| l.starts_with("x "))
+        .unwrap_or_else(|| panic!("x not in the dead queue:\n{listing}"));
+    assert!(
+        line.contains("aborted by its handler: payload can never work"),
+        "{line}"
+    );
+    let (code, out) = Process::output(&env, "warren", &["dead", "requeue", "x"]).await?;
+    assert_eq!(code, 0, "{out}");
+    let again = replies
+        .collect(&["x".into()], Duration::from_secs(30))
+        .await?;
+    assert_eq!(again["x"][0].status, Status::Failed);
+    assert_eq!(
+        again["x"][0].attempts, 1,
+        "requeued for a fresh set of attempts"
+    );
     worker.stop().await?;
     dispatcher.stop().await?;
     env.cleanup().await

@@ -1,6 +1,7 @@
 //! Carrying out what an attempt led to (the core's `retry::verdict`): success; a retry with
 //! backoff (back through intake, with the attempt recorded); death in `<prefix>.dead` once
-//! `max_attempts` is spent; or a plain failure when the handler aborted. `Report::publish`
+//! `max_attempts` is spent; or a failure when the handler aborted, kept in `<prefix>.dead` too
+//! (findable and requeueable). `Report::publish`
 //! waits for the broker's confirms before the caller acks.
 
 use chrono::{DateTime, Utc};
@@ -43,7 +44,8 @@ impl Report<'_> {
         }
     }
 
-    /// Publishes what the verdict calls for — the retry or the dead letter (confirmed), the
+    /// Publishes what the verdict calls for — the retry or the dead letter (confirmed; a
+    /// failed task's too), the
     /// result (if the submitter asked for one), the event — and waits for the broker to have
     /// them all.
     pub(crate) async fn publish(
@@ -58,7 +60,18 @@ impl Report<'_> {
         let mut result_confirm = None;
         let (status, value, error) = match &self.verdict {
             Verdict::Succeeded(value) => (Status::Succeeded, value.clone(), None),
-            Verdict::Failed { error } => (Status::Failed, Value::Null, Some(error.clone())),
+            // Kept in the dead queue, so that it can be found (`warren dead list`) and, once
+            // whatever made the handler give up is fixed, requeued (`warren dead requeue`).
+            Verdict::Failed { error } => {
+                let reason = format!("aborted by its handler: {error}");
+                let properties = with_reason(self.carried_over(worker, request, error), &reason);
+                let queue = topology.dead_queue();
+                pending.push((
+                    publish_to_queue(publisher, &queue, &delivery.data, properties).await?,
+                    queue,
+                ));
+                (Status::Failed, Value::Null, Some(error.clone()))
+            }
             Verdict::Retry { error, delay } => {
                 let not_before =
                     Utc::now() + chrono::Duration::from_std(*delay).unwrap_or_default();
