@@ -55,9 +55,16 @@ fn bar(length: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(length as u64);
     bar.set_style(
         ProgressStyle::with_template(&format!(
-            "{{elapsed_precise}} [{{bar:40}}] {{pos}}/{{len}} {what} ({{per_sec}})"
+            "{{elapsed_precise}} [{{bar:40}}] {{pos}}/{{len}} {what} ({{rate}})"
         ))
         .expect("a valid template")
+        // Whole tasks per second: indicatif's own `per_sec` prints four decimals.
+        .with_key(
+            "rate",
+            |state: &indicatif::ProgressState, out: &mut dyn std::fmt::Write| {
+                let _ = write!(out, "{:.0}/s", state.per_sec());
+            },
+        )
         .progress_chars("=> "),
     );
     bar
@@ -107,7 +114,11 @@ pub(crate) async fn run(
     match ids {
         Some(file) => std::fs::write(file, listed)
             .with_context(|| format!("writing the ids to {}", file.display()))?,
-        None => print!("{listed}"),
+        None => {
+            for id in listed.lines() {
+                out!("{id}");
+            }
+        }
     }
     let Some(mut replies) = replies else {
         return Ok(0);
@@ -152,7 +163,7 @@ pub(crate) async fn run(
         missing.sort();
         crate::waiting::explain(context, &missing).await;
     }
-    println!(
+    out!(
         "{} submitted, {} succeeded, {failed} did not, {} without a result",
         tasks.len(),
         tasks.len() - failed - waiting.len(),

@@ -23,56 +23,63 @@ pub(crate) async fn status(context: &Session) -> Result<i32> {
     }
     queues.push(("dead".into(), topology.dead_queue()));
     queues.push(("rejected".into(), topology.rejected_queue()));
-    println!(
+    out!(
         "{:<16} {:<40} {:>9} {:>9}",
-        "queue", "name", "ready", "consumers"
+        "queue",
+        "name",
+        "ready",
+        "consumers"
     );
     for (label, name) in &queues {
         let channel = context.connection.create_channel().await?;
         match inspect_queue(&channel, name).await {
-            Ok(state) => println!(
+            Ok(state) => out!(
                 "{label:<16} {name:<40} {:>9} {:>9}",
                 state.message_count(),
                 state.consumer_count()
             ),
-            Err(_) => println!("{label:<16} {name:<40} {:>9} {:>9}", "missing", "-"),
+            Err(_) => out!("{label:<16} {name:<40} {:>9} {:>9}", "missing", "-"),
         }
     }
     let channel = context.connection.create_channel().await?;
-    let dispatchers = inspect_queue(&channel, &topology.intake_queue())
-        .await
-        .map(|q| q.consumer_count())
-        .unwrap_or(0);
+    let intake = inspect_queue(&channel, &topology.intake_queue()).await;
+    if intake.is_err() {
+        eprintln!(
+            "warren: {}",
+            crate::hint("NOT_FOUND", &topology.prefix).unwrap_or_default()
+        );
+    }
+    let dispatchers = intake.map(|q| q.consumer_count()).unwrap_or(0);
     let heard = listen(context).await?;
     let workers = &heard.workers;
     let running: usize = workers.values().map(|w| w.running.len()).sum();
     let capacity: u32 = workers.values().map(|w| w.concurrency).sum();
-    println!();
+    out!();
     if dispatchers == 0 {
-        println!("dispatchers: none running: nothing is routed to workers");
+        out!("dispatchers: none running: nothing is routed to workers");
     } else {
-        println!("dispatchers: {dispatchers} (one leads, the others stand by)");
+        out!("dispatchers: {dispatchers} (one leads, the others stand by)");
     }
     let answer = crate::waiting::ask(context, 0, Some(&[]), Duration::from_secs(2))
         .await
         .ok()
         .flatten();
     match answer {
-        Some(answer) => println!(
+        Some(answer) => out!(
             "waiting: {} held by the routing dispatcher (`warren waiting` lists them)",
             crate::waiting::summary(&answer.waiting)
         ),
         None if dispatchers > 0 => {
-            println!("waiting: unknown (no dispatcher routes yet, or none answered in 2 s)")
+            out!("waiting: unknown (no dispatcher routes yet, or none answered in 2 s)")
         }
         None => {}
     }
-    println!(
+    out!(
         "workers: {} live, running {running} of {capacity} slots",
         workers.len()
     );
     let seconds = heard.window.as_secs_f64();
-    println!(
+    out!(
         "throughput: {:.1} tasks/s finished ({} in the last {seconds:.1} s)",
         heard.finished as f64 / seconds,
         heard.finished
@@ -83,15 +90,21 @@ pub(crate) async fn status(context: &Session) -> Result<i32> {
 /// Prints the live workers.
 pub(crate) async fn workers(context: &Session) -> Result<i32> {
     let workers = listen(context).await?.workers;
-    println!(
+    out!(
         "{:<32} {:<9} {:>7} {:>6} {:>5} {:>9}  {:<24} tags",
-        "worker", "state", "running", "slots", "load", "last seen", "kinds"
+        "worker",
+        "state",
+        "running",
+        "slots",
+        "load",
+        "last seen",
+        "kinds"
     );
     let now = chrono::Utc::now();
     for beat in workers.values() {
         let age = (now - beat.at).num_milliseconds().max(0);
         let load = 100 * beat.running.len() / beat.concurrency.max(1) as usize;
-        println!(
+        out!(
             "{:<32} {:<9} {:>7} {:>6} {:>4}% {:>7}ms  {:<24} {}",
             beat.worker,
             format!("{:?}", beat.state).to_lowercase(),
@@ -104,7 +117,7 @@ pub(crate) async fn workers(context: &Session) -> Result<i32> {
         );
     }
     if workers.is_empty() {
-        println!("(no worker sent a heartbeat)");
+        out!("(no worker sent a heartbeat)");
     }
     Ok(0)
 }

@@ -1,6 +1,17 @@
 //! `warren`: the operator's command line — submit a task, see queue depths and live workers,
 //! list, requeue or purge dead and rejected messages.
 
+/// `println!` that ends the program quietly, with exit code 0, once standard output is closed
+/// (`warren status | head -1`) instead of panicking with "failed printing to stdout".
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 mod batch;
 mod inspect;
 mod queues;
@@ -109,7 +120,7 @@ pub(crate) struct Session {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<()> {
+async fn main() {
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
@@ -118,6 +129,37 @@ async fn main() -> Result<()> {
             std::process::exit(warren_common::config::EXIT_CONFIG);
         }
     };
+    let prefix = config.topology.prefix.clone();
+    let code = match run(cli, config).await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("warren: {err}");
+            if let Some(hint) = hint(&format!("{err:#}"), &prefix) {
+                eprintln!("warren: {hint}");
+            }
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+/// What to do about an error a user meets often, from the broker's words.
+fn hint(error: &str, prefix: &str) -> Option<String> {
+    if error.contains("NOT_FOUND") {
+        Some(format!(
+            "no dispatcher with topology.prefix '{prefix}' has declared its exchanges and queues \
+             on this broker: is the prefix right (topology.prefix, WARREN__TOPOLOGY__PREFIX)? \
+             Has a dispatcher run?"
+        ))
+    } else if error.contains("ACCESS_REFUSED") && error.contains("Login") {
+        Some("the broker refused the user and password of amqp.urls".into())
+    } else {
+        None
+    }
+}
+
+/// Runs one command; returns its exit code.
+async fn run(cli: Cli, config: Config) -> Result<i32> {
     let pool = Pool::new(&config.amqp, "warren-cli")?;
     let connection = pool.get().await.context("connecting to the broker")?;
     let context = Session {
@@ -157,5 +199,5 @@ async fn main() -> Result<()> {
         }
     };
     let _ = context.connection.close(200, "done".into()).await;
-    std::process::exit(code);
+    Ok(code)
 }

@@ -36,7 +36,7 @@ pub(crate) async fn run(
             let purged = channel
                 .queue_purge(queue.into(), QueuePurgeOptions::default())
                 .await?;
-            println!("purged {purged} messages from {queue}");
+            out!("purged {purged} messages from {queue}");
             Ok(0)
         }
     }
@@ -65,7 +65,7 @@ async fn fetch(
 async fn list(context: &Session, queue: &str, limit: usize) -> Result<i32> {
     let channel = context.connection.create_channel().await?;
     let messages = fetch(&channel, queue, limit).await?;
-    println!("{:<40} {:<20} {:>8}  reason", "id", "kind", "attempts");
+    out!("{:<40} {:<20} {:>8}  reason", "id", "kind", "attempts");
     for message in &messages {
         let delivery = &message.delivery;
         let body: Option<serde_json::Value> = serde_json::from_slice(&delivery.data).ok();
@@ -84,7 +84,7 @@ async fn list(context: &Session, queue: &str, limit: usize) -> Result<i32> {
                     .map(|m| m.to_string())
             })
             .unwrap_or_else(|| "-".into());
-        println!(
+        out!(
             "{:<40} {:<20} {:>8}  {}",
             id,
             field("kind").unwrap_or_else(|| "-".into()),
@@ -92,7 +92,7 @@ async fn list(context: &Session, queue: &str, limit: usize) -> Result<i32> {
             dead_reason(&delivery.properties).unwrap_or_default()
         );
     }
-    println!("({} shown)", messages.len());
+    out!("({} shown)", messages.len());
     // Hand every fetched message back, and wait until the queue counts them as ready again, so
     // that a `warren status` right after sees the queue as it was (the broker requeues them
     // asynchronously; a quorum queue can take a moment).
@@ -136,7 +136,7 @@ async fn requeue(context: &Session, queue: &str, ids: &[String], all: bool) -> R
         requeued.push(id);
     }
     let _ = channel.close(200, "requeued".into()).await;
-    println!(
+    out!(
         "requeued {} tasks for a fresh set of attempts",
         requeued.len()
     );

@@ -69,7 +69,7 @@ pub(crate) async fn run(
     let confirm = publish_task(&channel, &exchange, &task, reply_to.as_deref()).await?;
     check_confirmation(confirm.await?, &exchange)?;
     let Some(mut replies) = replies else {
-        println!("{id}");
+        out!("{id}");
         return Ok(0);
     };
     let wait_for = Duration::from_secs(timeout);
@@ -83,7 +83,7 @@ pub(crate) async fn run(
         }
     };
     let result: TaskResult = serde_json::from_slice(&delivery.data)?;
-    println!("{}", serde_json::to_string_pretty(&result)?);
+    out!("{}", serde_json::to_string_pretty(&result)?);
     Ok(if result.status == Status::Succeeded {
         0
     } else {

@@ -145,19 +145,22 @@ pub(crate) async fn run(context: &Session, limit: usize, json: bool) -> Result<i
             .map(|(level, ready)| (level.clone(), serde_json::json!(ready)))
             .collect::<serde_json::Map<_, _>>()
             .into();
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        out!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(0);
     }
     let waiting = &answer.waiting;
-    println!(
+    out!(
         "held by dispatcher {}: {}",
         answer.dispatcher,
         summary(waiting)
     );
     if !waiting.tasks.is_empty() {
-        println!(
+        out!(
             "{:<38} {:<20} {:<8} {:>9}  reason",
-            "id", "kind", "level", "waited"
+            "id",
+            "kind",
+            "level",
+            "waited"
         );
     }
     for task in &waiting.tasks {
@@ -165,7 +168,7 @@ pub(crate) async fn run(context: &Session, limit: usize, json: bool) -> Result<i
             .levels
             .get(task.level)
             .map_or("?", |l| l.name.as_str());
-        println!(
+        out!(
             "{:<38} {:<20} {:<8} {:>8.1}s  {}",
             task.id,
             task.kind,
@@ -175,7 +178,7 @@ pub(crate) async fn run(context: &Session, limit: usize, json: bool) -> Result<i
         );
     }
     if waiting.truncated {
-        println!(
+        out!(
             "(the oldest {} shown; --limit for more)",
             waiting.tasks.len()
         );
@@ -184,7 +187,7 @@ pub(crate) async fn run(context: &Session, limit: usize, json: bool) -> Result<i
         .iter()
         .map(|(level, ready)| format!("{level} {ready}"))
         .collect();
-    println!(
+    out!(
         "not yet read by the dispatcher, in the priority queues: {}",
         queued.join(", ")
     );

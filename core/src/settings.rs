@@ -11,9 +11,58 @@ use serde::{Deserialize, Serialize};
 /// that many, so everything queued for it is delivered and waits in the worker for a slot.
 pub const LOOKAHEAD_SLOTS: u32 = 3;
 
+/// Serde through a string, so that a wrong value (in a file or a `WARREN__*` variable) is
+/// refused with the values that are right (the `config` crate adds the key): its own enum
+/// error names only the type ("enum PolicyName does not have variant constructor bogus").
+#[macro_export]
+macro_rules! named_values {
+    ($type:ident, { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $type {
+            /// Every value's name, as the configuration spells it.
+            pub const NAMES: &'static [&'static str] = &[$($name),+];
+
+            /// The configuration's name of this value.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($type::$variant => $name),+
+                }
+            }
+        }
+
+        impl ::std::str::FromStr for $type {
+            type Err = String;
+
+            fn from_str(text: &str) -> Result<$type, String> {
+                match text {
+                    $($name => Ok($type::$variant),)+
+                    other => Err(format!(
+                        "unknown value '{}'; expected one of: {}",
+                        other,
+                        $type::NAMES.join(", ")
+                    )),
+                }
+            }
+        }
+
+        impl TryFrom<String> for $type {
+            type Error = String;
+
+            fn try_from(text: String) -> Result<$type, String> {
+                text.parse()
+            }
+        }
+
+        impl From<$type> for String {
+            fn from(value: $type) -> String {
+                value.name().to_owned()
+            }
+        }
+    };
+}
+
 /// `dispatcher.policy`: the order of the tasks the dispatcher holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String", into = "String")]
 pub enum PolicyName {
     /// First come, first served: arrival order, all tasks on one level.
     Fcfs,
@@ -28,7 +77,7 @@ pub enum PolicyName {
 
 /// `dispatcher.levels`: which priority level goes next.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String", into = "String")]
 pub enum LevelMode {
     /// Always the most urgent level that has a runnable task.
     #[default]
@@ -39,7 +88,7 @@ pub enum LevelMode {
 
 /// `dispatcher.balancer`: which worker gets a task.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String", into = "String")]
 pub enum BalancerName {
     /// Each able worker in turn.
     #[default]
@@ -51,6 +100,15 @@ pub enum BalancerName {
     /// The freer of two random able workers.
     PowerOfTwo,
 }
+
+named_values!(PolicyName, {
+    Fcfs => "fcfs", Priority => "priority", Sjf => "sjf", Edf => "edf",
+});
+named_values!(LevelMode, { Strict => "strict", Weighted => "weighted" });
+named_values!(BalancerName, {
+    RoundRobin => "round_robin", Random => "random", LeastLoaded => "least_loaded",
+    PowerOfTwo => "power_of_two",
+});
 
 /// Everything the core needs to know of the dispatcher's configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,5 +146,26 @@ impl Default for Settings {
             dedupe_window: Duration::from_secs(600),
             dedupe_max: 50_000,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrong_value_is_refused_with_the_right_ones() {
+        let err = serde_json::from_str::<PolicyName>("\"bogus\"").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("unknown value 'bogus'"), "{text}");
+        assert!(text.contains("fcfs, priority, sjf, edf"), "{text}");
+        for name in BalancerName::NAMES {
+            let value: BalancerName = name.parse().unwrap();
+            assert_eq!(
+                serde_json::to_string(&value).unwrap(),
+                format!("\"{name}\"")
+            );
+        }
+        assert_eq!("weighted".parse::<LevelMode>(), Ok(LevelMode::Weighted));
     }
 }

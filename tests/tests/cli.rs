@@ -117,3 +117,63 @@ async fn status_workers_and_dead_requeue() -> anyhow::Result<()> {
     dispatcher.stop().await?;
     env.cleanup().await
 }
+
+/// Runs a warren binary with this environment's configuration plus `extra` variables; returns
+/// its exit code and stderr. Its standard output is a pipe closed before it writes, as when it
+/// is piped into `head -1` and `head` has read its line.
+async fn with_closed_stdout(
+    env: &TestEnv,
+    name: &str,
+    args: &[&str],
+    extra: &[(&str, &str)],
+) -> anyhow::Result<(i32, String)> {
+    let mut child = tokio::process::Command::new(warren_tests::binary(name)?)
+        .args(args)
+        .envs(env.env_vars())
+        .envs(extra.iter().copied())
+        .env("RUST_BACKTRACE", "0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    drop(child.stdout.take());
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await??;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    Ok((output.status.code().unwrap_or(-1), stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_says_what_went_wrong() -> anyhow::Result<()> {
+    let mut env = TestEnv::new("cli-errors").await?;
+
+    // `warren status | head -1`: no panic when standard output goes away, exit code 0.
+    let (code, stderr) = with_closed_stdout(&env, "warren", &["status"], &[]).await?;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // A wrong setting is refused with the values that are right.
+    let policy = [("WARREN__DISPATCHER__POLICY", "bogus")];
+    let (code, stderr) = with_closed_stdout(&env, "warren-dispatcher", &[], &policy).await?;
+    assert_eq!(code, warren_common::config::EXIT_CONFIG, "{stderr}");
+    assert!(
+        stderr.contains("unknown value 'bogus'; expected one of: fcfs, priority, sjf, edf"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("dispatcher.policy"), "{stderr}");
+
+    // A prefix no dispatcher declared: said so, not a bare NOT_FOUND.
+    let prefix = std::mem::replace(&mut env.config.topology.prefix, "no-such-prefix".into());
+    for args in [
+        &["submit", "echo", "{}"][..],
+        &["dead", "list"],
+        &["status"],
+    ] {
+        let (_, _, stderr) = Process::output_all(&env, "warren", args).await?;
+        assert!(
+            stderr.contains("no dispatcher with topology.prefix 'no-such-prefix' has declared"),
+            "{args:?}: {stderr}"
+        );
+    }
+    env.config.topology.prefix = prefix;
+    env.cleanup().await
+}

@@ -62,7 +62,7 @@ impl Default for TopologyConfig {
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String", into = "String")]
 pub enum LogFormat {
     /// Human-readable lines.
     #[default]
@@ -70,6 +70,8 @@ pub enum LogFormat {
     /// One JSON object per line.
     Json,
 }
+
+warren_core::named_values!(LogFormat, { Text => "text", Json => "json" });
 
 /// `[log]`: what to log and how.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
