@@ -70,7 +70,10 @@ pub(crate) async fn run(
     binaries: &Binaries,
     progress: &Progress,
 ) -> Result<BacklogFigures> {
-    let topology = Topology::new(broker::unique_prefix("backlog"));
+    let mut topology = Topology::new(broker::unique_prefix("backlog"));
+    if settings.no_history {
+        topology.history = None;
+    }
     let url = &settings.amqp_url;
     let client = broker::connect(url, "warren-bench backlog submitter").await?;
     let watcher = broker::connect(url, "warren-bench backlog events").await?;

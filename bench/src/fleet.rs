@@ -137,6 +137,10 @@ impl Fleet {
                 "WARREN__TOPOLOGY__PREFIX".to_owned(),
                 topology.prefix.clone(),
             ),
+            (
+                "WARREN__TOPOLOGY__HISTORY__ENABLED".to_owned(),
+                topology.history.is_some().to_string(),
+            ),
         ];
         let dispatcher = Child::spawn(
             "dispatcher",

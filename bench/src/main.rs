@@ -112,6 +112,10 @@ pub(crate) struct Settings {
     /// Print one JSON object with every figure instead of a table.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+    /// Run warren without its history stream (`topology.history.enabled = false`), to measure
+    /// what the history costs.
+    #[arg(long, global = true)]
+    pub(crate) no_history: bool,
 }
 
 impl Settings {

@@ -66,7 +66,10 @@ pub(crate) async fn run(
     binaries: &Binaries,
     progress: &Progress,
 ) -> Result<PipelineFigures> {
-    let topology = Topology::new(broker::unique_prefix("pipeline"));
+    let mut topology = Topology::new(broker::unique_prefix("pipeline"));
+    if settings.no_history {
+        topology.history = None;
+    }
     let url = &settings.amqp_url;
     let client = broker::connect(url, "warren-bench pipeline submitter").await?;
     let receiver = broker::connect(url, "warren-bench pipeline results").await?;

@@ -13,6 +13,7 @@ macro_rules! out {
 }
 
 mod batch;
+mod history;
 mod inspect;
 mod queues;
 mod submit;
@@ -63,6 +64,19 @@ enum Command {
         /// them.
         #[arg(long, requires = "file")]
         ids: Option<PathBuf>,
+    },
+    /// A task's timeline from the history: when it was accepted, dispatched (to which worker),
+    /// started, retried (why), and how it ended (result, error). Exit code 0 if found, 1 if not.
+    Task {
+        /// The task's id.
+        id: String,
+        /// Read the history from then: an RFC 3339 time or an age such as 90m, 6h, 3d (needed
+        /// only for ids that are not UUIDv7, whose time says where to start).
+        #[arg(long)]
+        since: Option<String>,
+        /// The events as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// The tasks the routing dispatcher holds, oldest first, with why each waits.
     Waiting {
@@ -188,6 +202,9 @@ async fn run(cli: Cli, config: Config) -> Result<i32> {
         }
         Command::Status => inspect::status(&context).await?,
         Command::Waiting { limit, json } => waiting::run(&context, limit, json).await?,
+        Command::Task { id, since, json } => {
+            history::run(&context, &id, since.as_deref(), json).await?
+        }
         Command::Workers => inspect::workers(&context).await?,
         Command::Dead { action } => {
             let queue = context.topology.dead_queue();

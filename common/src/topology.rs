@@ -25,15 +25,62 @@ pub struct Topology {
     pub prefix: String,
     /// Priority levels, most urgent first.
     pub levels: Vec<Level>,
+    /// The task history stream's retention; `None`: no history.
+    pub history: Option<Retention>,
+}
+
+/// How long the history stream keeps events: until they are older than `max_age` or the
+/// stream is larger than `max_bytes`, whichever comes first (RabbitMQ drops whole segments).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    /// RabbitMQ's `x-max-age`: a number and a unit, `Y`, `M`, `D`, `h`, `m` or `s` (`7D`).
+    pub max_age: String,
+    /// RabbitMQ's `x-max-length-bytes`.
+    pub max_bytes: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention {
+            max_age: "7D".into(),
+            max_bytes: 5 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+impl Retention {
+    /// Checks `max_age` the way RabbitMQ will, and that the stream may hold something.
+    pub fn validate(&self) -> Result<(), String> {
+        let (number, unit) = self.max_age.split_at(self.max_age.len().saturating_sub(1));
+        let number_ok = !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit());
+        if !number_ok || !["Y", "M", "D", "h", "m", "s"].contains(&unit) {
+            return Err(format!(
+                "max_age must be a number and one of the units Y, M, D, h, m, s (like 7D), got '{}'",
+                self.max_age
+            ));
+        }
+        if self.max_bytes < 1024 * 1024 {
+            return Err("max_bytes must be at least 1048576 (1 MiB)".into());
+        }
+        Ok(())
+    }
 }
 
 impl Topology {
-    /// A topology with the default three levels: high 7–9, normal 4–6, low 0–3.
+    /// A topology with the default three levels (high 7–9, normal 4–6, low 0–3) and history.
     pub fn new(prefix: impl Into<String>) -> Topology {
         Topology {
             prefix: prefix.into(),
             levels: default_levels(),
+            history: Some(Retention::default()),
         }
+    }
+
+    /// The stream that keeps every task event (bound to the events exchange with `task.#`),
+    /// which `warren task ID` reads.
+    pub fn history_stream(&self) -> String {
+        format!("{}.history", self.prefix)
     }
 
     /// The topic exchange clients publish tasks to.
@@ -131,11 +178,13 @@ impl Topology {
         queues
     }
 
-    /// Every shared queue: [`Topology::task_queues`], the leader and requests queues.
+    /// Every shared queue: [`Topology::task_queues`], the leader and requests queues, and the
+    /// history stream.
     pub fn shared_queues(&self) -> Vec<String> {
         let mut queues = self.task_queues();
         queues.push(self.leader_queue());
         queues.push(self.requests_queue());
+        queues.push(self.history_stream());
         queues
     }
 
@@ -163,6 +212,19 @@ impl Topology {
                 .await?;
         }
         declarer.quorum(&self.leader_queue(), Holds::Baton).await?;
+        if let Some(retention) = &self.history {
+            declarer.stream(&self.history_stream(), retention).await?;
+            declarer
+                .channel()
+                .queue_bind(
+                    self.history_stream().as_str().into(),
+                    self.events_exchange().as_str().into(),
+                    "task.#".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         declarer
             .channel()
             .queue_bind(
@@ -347,6 +409,54 @@ impl<'a> Declarer<'a> {
             "the broker refused the declaration: {refused}"
         );
         Ok(())
+    }
+
+    /// Declares a stream kept as `retention` says. A stream declared before with another
+    /// retention is used as it is, with a warning (its arguments cannot change; a policy's
+    /// `max-age` and `max-length-bytes` can).
+    pub async fn stream(&mut self, name: &str, retention: &Retention) -> lapin::Result<()> {
+        let mut arguments = FieldTable::default();
+        let text = |s: &str| AMQPValue::LongString(s.into());
+        arguments.insert("x-queue-type".into(), text("stream"));
+        arguments.insert("x-max-age".into(), text(&retention.max_age));
+        let bytes = i64::try_from(retention.max_bytes).unwrap_or(i64::MAX);
+        arguments.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(bytes));
+        // Segments of 100 MB (RabbitMQ's default is 500 MB), so that retention by size drops
+        // history in finer steps.
+        arguments.insert(
+            "x-stream-max-segment-size-bytes".into(),
+            AMQPValue::LongLongInt(100_000_000),
+        );
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = self
+            .channel
+            .queue_declare(name.into(), durable, arguments)
+            .await;
+        match declared {
+            Ok(_) => Ok(()),
+            Err(err) if is_precondition_failed(&err) => {
+                self.channel = self.connection.create_channel().await?;
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..durable
+                };
+                self.channel
+                    .queue_declare(name.into(), passive, FieldTable::default())
+                    .await?;
+                warn!(
+                    stream = name,
+                    "the history stream exists with another retention than history.max_age and \
+                     history.max_bytes say; using it as it is (change a stream's retention with \
+                     a policy: max-age, max-length-bytes)"
+                );
+                debug!(stream = name, "the broker refused the declaration: {err}");
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// Closes its channel.

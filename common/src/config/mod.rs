@@ -16,7 +16,7 @@ pub use amqp::{AmqpConfig, redact};
 pub use roles::{DispatcherConfig, ExecHandlerConfig, WorkerConfig};
 
 use crate::envelope::{TaskDefaults, is_valid_kind};
-use crate::topology::{Level, Topology, default_levels};
+use crate::topology::{Level, Retention, Topology, default_levels};
 
 /// The exit code of a binary started with an invalid configuration (EX_USAGE).
 pub const EXIT_CONFIG: i32 = 64;
@@ -49,6 +49,8 @@ pub struct TopologyConfig {
     pub prefix: String,
     /// Priority levels, most urgent first.
     pub levels: Vec<Level>,
+    /// `[topology.history]`: the task history stream.
+    pub history: HistoryConfig,
 }
 
 impl Default for TopologyConfig {
@@ -56,6 +58,40 @@ impl Default for TopologyConfig {
         TopologyConfig {
             prefix: "warren".into(),
             levels: default_levels(),
+            history: HistoryConfig::default(),
+        }
+    }
+}
+
+/// `[topology.history]`: the stream `<prefix>.history` that keeps every task event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Keep a history at all (`warren task ID` needs it).
+    pub enabled: bool,
+    /// Events older than this go: a number and `Y`, `M`, `D`, `h`, `m` or `s` (`7D`).
+    pub max_age: String,
+    /// Or once the stream holds more than this many bytes (5 GiB), whichever comes first.
+    pub max_bytes: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        let retention = Retention::default();
+        HistoryConfig {
+            enabled: true,
+            max_age: retention.max_age,
+            max_bytes: retention.max_bytes,
+        }
+    }
+}
+
+impl HistoryConfig {
+    /// The stream's retention.
+    pub fn retention(&self) -> Retention {
+        Retention {
+            max_age: self.max_age.clone(),
+            max_bytes: self.max_bytes,
         }
     }
 }
@@ -155,6 +191,11 @@ impl Config {
         self.topology()
             .validate()
             .map_err(|message| invalid("topology", message))?;
+        self.topology
+            .history
+            .retention()
+            .validate()
+            .map_err(|message| invalid("topology.history", message))?;
         if self.tasks.max_attempts == 0 {
             return Err(invalid("tasks.max_attempts", "must be at least 1"));
         }
@@ -214,9 +255,11 @@ impl Config {
 
     /// The topology these settings describe.
     pub fn topology(&self) -> Topology {
+        let history = &self.topology.history;
         Topology {
             prefix: self.topology.prefix.clone(),
             levels: self.topology.levels.clone(),
+            history: history.enabled.then(|| history.retention()),
         }
     }
 }
