@@ -28,6 +28,8 @@ pub(crate) struct Binaries {
     pub(crate) dispatcher: PathBuf,
     /// `warren-worker`.
     pub(crate) worker: PathBuf,
+    /// `warren`, the command line.
+    pub(crate) cli: PathBuf,
 }
 
 impl Binaries {
@@ -45,13 +47,16 @@ impl Binaries {
         let binaries = Binaries {
             dispatcher: dir.join("warren-dispatcher"),
             worker: dir.join("warren-worker"),
+            cli: dir.join("warren"),
         };
-        let missing = !binaries.dispatcher.exists() || !binaries.worker.exists();
+        let missing = [&binaries.dispatcher, &binaries.worker, &binaries.cli]
+            .iter()
+            .any(|path| !path.exists());
         if bin_dir.is_none() && (missing || rebuild) {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = std::process::Command::new(cargo)
                 .args(["build", "--release", "--bin", "warren-dispatcher"])
-                .args(["--bin", "warren-worker"])
+                .args(["--bin", "warren-worker", "--bin", "warren"])
                 .current_dir(&root)
                 .status()
                 .context("running cargo build")?;
@@ -60,7 +65,7 @@ impl Binaries {
                 "cargo build of the warren binaries failed: {status}"
             );
         }
-        for path in [&binaries.dispatcher, &binaries.worker] {
+        for path in [&binaries.dispatcher, &binaries.worker, &binaries.cli] {
             ensure!(path.exists(), "no binary at {}", path.display());
         }
         Ok(binaries)

@@ -10,6 +10,7 @@
 mod backlog;
 mod broker;
 mod fleet;
+mod history;
 mod memory;
 mod pipeline;
 mod processes;
@@ -61,6 +62,16 @@ enum Command {
         /// Tasks in the backlog.
         #[arg(short = 'n', long = "messages", default_value_t = 1_000_000)]
         messages: usize,
+    },
+    /// Fill a history stream with the events of N finished tasks, then time `warren task`
+    /// for the first and the last.
+    History {
+        /// Tasks whose events are written (four each).
+        #[arg(short = 'n', long = "messages", default_value_t = 1_000_000)]
+        messages: usize,
+        /// Keep the stream (and its topology) afterwards, to look at it.
+        #[arg(long)]
+        keep: bool,
     },
 }
 
@@ -136,6 +147,27 @@ async fn main() -> Result<()> {
             let report =
                 Measured::of(backlog::run(&settings, messages, &binaries, &progress)).await;
             report::print_backlog(&report, settings.json)
+        }
+        Some(Command::History { messages, keep }) => {
+            let binaries = Binaries::locate(settings.bin_dir.as_deref(), settings.rebuild)?;
+            let figures = history::run(&settings, messages, keep, &binaries, &progress).await?;
+            if settings.json {
+                println!("{}", serde_json::to_string(&figures)?);
+            } else {
+                println!(
+                    "warren-bench history: {} tasks, {} events written in {:.1} s ({:.0} events/s) to {}",
+                    figures.tasks,
+                    figures.events,
+                    figures.fill_secs,
+                    figures.events as f64 / figures.fill_secs,
+                    figures.stream
+                );
+                println!(
+                    "warren task: first task {:.0} ms, last task {:.0} ms (wall time of the CLI)",
+                    figures.first_lookup_ms, figures.last_lookup_ms
+                );
+            }
+            Ok(())
         }
         None => {
             let report = run_phases(&cli, &settings, &progress).await?;
