@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use indicatif::ProgressBar;
 use lapin::{Connection, Consumer};
 use serde::Serialize;
-use warren_common::{Status, TaskEvent, Topology};
+use warren_common::{Status, Topology};
 
 use crate::Settings;
 use crate::broker::{self, ConfirmWindow};
@@ -254,23 +254,22 @@ async fn track(
             Ok(None) => bail!("the events consumer ended"),
             Ok(Some(delivery)) => delivery?,
         };
-        let Ok(event) = serde_json::from_slice::<TaskEvent>(&delivery.data) else {
-            continue;
-        };
-        let Some(i) = task::index(&prefix, &event.id).filter(|&i| i < n) else {
-            continue;
-        };
-        tracked.seen[i] = tracked.seen[i].saturating_add(1);
-        if tracked.seen[i] > 1 {
-            tracked.duplicates += 1;
-            continue;
+        for event in warren_common::event_batch::decode_events(&delivery.data) {
+            let Some(i) = task::index(&prefix, &event.id).filter(|&i| i < n) else {
+                continue;
+            };
+            tracked.seen[i] = tracked.seen[i].saturating_add(1);
+            if tracked.seen[i] > 1 {
+                tracked.duplicates += 1;
+                continue;
+            }
+            if event.status != Status::Succeeded {
+                tracked.not_succeeded += 1;
+            }
+            tracked.distinct += 1;
+            tracked.last_new = Some(Instant::now());
+            bar.inc(1);
         }
-        if event.status != Status::Succeeded {
-            tracked.not_succeeded += 1;
-        }
-        tracked.distinct += 1;
-        tracked.last_new = Some(Instant::now());
-        bar.inc(1);
     }
     bar.finish();
     Ok(tracked)

@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
+use warren_common::event_batch::decode_events;
 use warren_common::{Status, TaskEvent};
 
 use crate::Session;
@@ -110,15 +111,16 @@ pub(crate) async fn timeline(
         if !contains(&delivery.data, needle) {
             continue;
         }
-        let Ok(event) = serde_json::from_slice::<TaskEvent>(&delivery.data) else {
-            continue;
-        };
-        if event.id == id {
-            let done = is_final(event.status);
-            events.push(event);
-            if done {
-                break;
+        // One event, or a batch of them.
+        let mut done = false;
+        for event in decode_events(&delivery.data) {
+            if event.id == id {
+                done |= is_final(event.status);
+                events.push(event);
             }
+        }
+        if done {
+            break;
         }
     }
     let _ = channel.close(200, "read".into()).await;

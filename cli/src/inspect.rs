@@ -149,7 +149,7 @@ async fn listen(context: &Session) -> Result<Heard> {
     let mut finished = 0;
     while let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, consumer.next()).await {
         if delivery.routing_key.as_str().starts_with("task.") {
-            finished += 1;
+            finished += warren_common::event_batch::decode_events(&delivery.data).len();
         } else if let Ok(beat) = serde_json::from_slice::<Heartbeat>(&delivery.data) {
             if beat.state == WorkerState::Offline {
                 workers.remove(&beat.worker);

@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod config;
 pub mod envelope;
+pub mod event_batch;
 pub mod events;
 pub mod logging;
 pub mod message;

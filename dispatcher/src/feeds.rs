@@ -9,6 +9,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
 use tokio::sync::mpsc;
 use tracing::debug;
+use warren_common::event_batch::decode_events;
 use warren_common::{BrokerError, Heartbeat, Status, TaskEvent, Topology};
 
 /// Something the router must react to.
@@ -156,53 +157,85 @@ pub(crate) async fn events(
             FieldTable::default(),
         )
         .await?;
-    forward(consumer, inputs.clone(), |delivery| {
+    forward_many(consumer, inputs.clone(), |delivery| {
         let key = delivery.routing_key.as_str();
         if key.starts_with("worker.") {
             serde_json::from_slice(&delivery.data)
                 .ok()
                 .map(Input::Heartbeat)
+                .into_iter()
+                .collect()
         } else {
-            let event: TaskEvent = serde_json::from_slice(&delivery.data).ok()?;
-            if event.status == Status::Started {
-                return Some(Input::Began {
-                    worker: event.worker?,
-                    task: event.id,
-                });
-            }
-            let worker = event
-                .worker
-                .clone()
-                .filter(|_| event.status.releases_worker())?;
-            let finished = matches!(
-                event.status,
-                Status::Succeeded | Status::Failed | Status::Dead
-            );
-            let ending = finished.then(|| {
-                let started_at = event
-                    .duration_ms
-                    .and_then(|ms| i64::try_from(ms).ok())
-                    .map(|ms| event.at - chrono::Duration::milliseconds(ms));
-                warren_core::Ending {
-                    status: event.status,
-                    result: event.result,
-                    result_omitted: event.result_omitted,
-                    error: event.error,
-                    attempts: event.attempt,
-                    worker: Some(worker.clone()),
-                    started_at,
-                    finished_at: Some(event.at),
-                }
-            });
-            Some(Input::Released(Box::new(warren_core::Released {
-                worker,
-                task: event.id,
-                ran: event.duration_ms.map(|ms| (event.kind, ms as f64)),
-                ending,
-            })))
+            // One event, or a batch of them.
+            decode_events(&delivery.data)
+                .into_iter()
+                .filter_map(task_input)
+                .collect()
         }
     });
     Ok(channel)
+}
+
+/// What a task event tells the router: an attempt began, or a worker no longer holds a task.
+fn task_input(event: TaskEvent) -> Option<Input> {
+    if event.status == Status::Started {
+        return Some(Input::Began {
+            worker: event.worker?,
+            task: event.id,
+        });
+    }
+    let worker = event
+        .worker
+        .clone()
+        .filter(|_| event.status.releases_worker())?;
+    let finished = matches!(
+        event.status,
+        Status::Succeeded | Status::Failed | Status::Dead
+    );
+    let ending = finished.then(|| {
+        let started_at = event
+            .duration_ms
+            .and_then(|ms| i64::try_from(ms).ok())
+            .map(|ms| event.at - chrono::Duration::milliseconds(ms));
+        warren_core::Ending {
+            status: event.status,
+            result: event.result,
+            result_omitted: event.result_omitted,
+            error: event.error,
+            attempts: event.attempt,
+            worker: Some(worker.clone()),
+            started_at,
+            finished_at: Some(event.at),
+        }
+    });
+    Some(Input::Released(Box::new(warren_core::Released {
+        worker,
+        task: event.id,
+        ran: event.duration_ms.map(|ms| (event.kind, ms as f64)),
+        ending,
+    })))
+}
+
+/// Forwards a consumer's deliveries, each mapped by `map` to any number of inputs, until the
+/// consumer or the router ends.
+fn forward_many(
+    mut consumer: Consumer,
+    inputs: mpsc::Sender<Input>,
+    map: impl Fn(Delivery) -> Vec<Input> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        while let Some(next) = consumer.next().await {
+            let mapped = match next {
+                Ok(delivery) => map(delivery),
+                Err(err) => vec![Input::Failed(err.into())],
+            };
+            for input in mapped {
+                if inputs.send(input).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
 }
 
 /// Forwards a consumer's deliveries, mapped by `map` (which may drop them), until the consumer

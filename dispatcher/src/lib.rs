@@ -134,7 +134,7 @@ async fn session(
         stop.clone(),
     );
 
-    let events_channel = connection.create_channel().await?;
+    let events_channel = warren_common::confirmed_channel(connection).await?;
     let notifier = notify::Notifier::start(events_channel.clone(), topology.events_exchange());
     let (inputs, receiver) = mpsc::channel(4096);
     let mut channels = vec![events_channel];

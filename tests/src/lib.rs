@@ -257,6 +257,7 @@ impl TestEnv {
             name,
             consumer,
             _channel: channel,
+            pending: std::collections::VecDeque::new(),
         })
     }
 
@@ -438,9 +439,29 @@ pub struct Replies {
     consumer: Consumer,
     /// Keeps the queue's channel open.
     _channel: Channel,
+    /// Task events of a batch already received and not yet handed out.
+    pending: std::collections::VecDeque<TaskEvent>,
 }
 
 impl Replies {
+    /// The next task event, from a batch already received or the next message (one event or a
+    /// batch: `warren_common::event_batch`), waiting at most `timeout`.
+    pub async fn next_event(&mut self, timeout: Duration) -> Result<TaskEvent> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Ok(event);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let delivery = tokio::time::timeout(left, self.consumer.next())
+                .await
+                .with_context(|| format!("no event within {timeout:?}"))?
+                .context("event consumer ended")??;
+            self.pending
+                .extend(warren_common::event_batch::decode_events(&delivery.data));
+        }
+    }
+
     /// Collects results until `done` says so (given the results so far, by id), or fails after
     /// `timeout`.
     pub async fn collect_until(
@@ -486,10 +507,10 @@ impl Replies {
         timeout: Duration,
     ) -> Result<Vec<TaskEvent>> {
         let deadline = Instant::now() + timeout;
-        let mut events = Vec::new();
+        let mut events: Vec<TaskEvent> = self.pending.drain(..).collect();
         while let Ok(next) = tokio::time::timeout(quiet, self.consumer.next()).await {
             let delivery = next.context("event consumer ended")??;
-            events.push(serde_json::from_slice(&delivery.data)?);
+            events.extend(warren_common::event_batch::decode_events(&delivery.data));
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "events kept coming for {timeout:?}"
@@ -498,7 +519,8 @@ impl Replies {
         Ok(events)
     }
 
-    /// The next message's JSON body, waiting at most `timeout`.
+    /// The next message's JSON body, waiting at most `timeout` (for heartbeats; task events come
+    /// one or many to a message: [`Replies::next_event`]).
     pub async fn next_json(&mut self, timeout: Duration) -> Result<Value> {
         let delivery = tokio::time::timeout(timeout, self.consumer.next())
             .await
@@ -511,11 +533,11 @@ impl Replies {
     pub async fn events(&mut self, count: usize, timeout: Duration) -> Result<Vec<TaskEvent>> {
         let mut events = Vec::with_capacity(count);
         while events.len() < count {
-            let next = tokio::time::timeout(timeout, self.consumer.next())
+            let event = self
+                .next_event(timeout)
                 .await
-                .with_context(|| format!("timed out with {} of {count} events", events.len()))?
-                .context("event consumer ended")??;
-            events.push(serde_json::from_slice(&next.data)?);
+                .with_context(|| format!("timed out with {} of {count} events", events.len()))?;
+            events.push(event);
         }
         Ok(events)
     }

@@ -44,7 +44,7 @@ async fn the_same_id_submitted_twice_runs_once_and_both_get_the_result() -> anyh
     // The second copy arrives while the first runs (600 ms).
     let mut started = env.watch_events(&["task.started"]).await?;
     env.submit(task(1), &first.name).await?;
-    started.next_json(Duration::from_secs(30)).await?;
+    started.next_event(Duration::from_secs(30)).await?;
     env.submit(task(2), &second.name).await?;
     let a = first
         .collect(&["same".into()], Duration::from_secs(30))

@@ -146,9 +146,7 @@ async fn a_worker_killed_while_its_renewed_tasks_run_loses_none() -> anyhow::Res
         )
         .await?;
     }
-    for _ in &ids {
-        events.next_json(Duration::from_secs(30)).await?;
-    }
+    events.events(ids.len(), Duration::from_secs(30)).await?;
     // Past the consumer_timeout: every delivery has been renewed at least once.
     tokio::time::sleep(Duration::from_millis(CONSUMER_TIMEOUT_MS + 2_000)).await;
     doomed.kill()?;
@@ -213,9 +211,7 @@ async fn a_draining_worker_finishes_renewed_tasks_once() -> anyhow::Result<()> {
         )
         .await?;
     }
-    for _ in &ids {
-        events.next_json(Duration::from_secs(30)).await?;
-    }
+    events.events(ids.len(), Duration::from_secs(30)).await?;
     // Renewed a few times, then told to stop: the tasks finish within the grace period.
     tokio::time::sleep(Duration::from_millis(3_500)).await;
     worker.terminate()?;

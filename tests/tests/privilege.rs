@@ -174,9 +174,11 @@ async fn each_component_runs_with_its_own_least_privilege_user() -> anyhow::Resu
             .await
             .context("events stopped")?
             .context("event consumer ended")??;
-        let event: Value = serde_json::from_slice(&event.data)?;
-        assert_eq!(event["submitter"], "warren-submitter", "{event}");
-        seen.push(event["status"].as_str().unwrap_or_default().to_owned());
+        for event in warren_common::event_batch::decode_events(&event.data) {
+            let submitter = event.submitter.as_deref();
+            assert_eq!(submitter, Some("warren-submitter"), "{event:?}");
+            seen.push(event.status.as_str().to_owned());
+        }
     }
     // Published by three processes on their own channels: their order is not guaranteed.
     seen.sort();

@@ -11,13 +11,14 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+use warren_common::event_batch::EventSender;
 use warren_common::message::attempts;
 use warren_common::publish::settle;
 use warren_common::{Status, Task, TaskEvent};
 
 use warren_core::retry::{Failure, verdict};
 
-use crate::events::{event, send_event};
+use crate::events::event;
 use crate::handler::{HandlerError, TaskContext};
 use crate::report::Report;
 use crate::{Worker, metrics};
@@ -35,6 +36,7 @@ enum AttemptEnd {
 pub(crate) async fn execute(
     worker: Arc<Worker>,
     publisher: Channel,
+    events: EventSender,
     delivery: Delivery,
     mut turn: Turn,
     not_started: CancellationToken,
@@ -102,9 +104,7 @@ pub(crate) async fn execute(
     };
     // Confirmed before the handler runs: the dispatchers then know the attempt began, so if
     // the task kills this worker, the lost attempt counts (a poison task cannot loop).
-    if let Ok(confirm) = send_event(&worker, &publisher, &started).await {
-        let _ = confirm.await;
-    }
+    let _ = events.send(started).await;
     let outcome = run_handler(&worker, &task, attempt, &hand_back).await;
     let finished_at = Utc::now();
     let result = match outcome {
@@ -132,7 +132,9 @@ pub(crate) async fn execute(
         started_at,
         finished_at,
     };
-    let delivered = report.publish(&worker, &publisher, &delivery).await;
+    let delivered = report
+        .publish(&worker, &publisher, &events, &delivery)
+        .await;
     if let Err(err) = &delivered {
         warn!(task = %task.id, cause = %err, "could not hand the outcome on; the task will run again");
     }

@@ -10,6 +10,7 @@ use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel, PublisherConfirm};
 use serde_json::Value;
 use warren_common::TaskEvent;
+use warren_common::event_batch::EventSender;
 use warren_common::events::{EVENT_RESULT_MAX_BYTES, json_len_within};
 use warren_common::message::{with_failed_attempt, with_header, with_reason};
 use warren_common::publish::{check_confirmation, publish_result, publish_to_queue};
@@ -17,7 +18,7 @@ use warren_common::{BrokerError, HEADER_NOT_BEFORE, Status, Task, TaskResult};
 use warren_core::retry::Verdict;
 
 use crate::Worker;
-use crate::events::{event, send_event};
+use crate::events::event;
 
 /// A finished attempt, ready to be reported.
 pub(crate) struct Report<'a> {
@@ -52,6 +53,7 @@ impl Report<'_> {
         &self,
         worker: &Worker,
         publisher: &Channel,
+        events: &EventSender,
         delivery: &Delivery,
     ) -> Result<(), BrokerError> {
         let request = &delivery.properties;
@@ -132,13 +134,12 @@ impl Report<'_> {
                 Some(duration),
             )
         };
-        pending.push((
-            send_event(worker, publisher, &finished).await?,
-            "event".into(),
-        ));
+        // The event in a batch with other attempts' events; confirmed like the rest.
+        let event = events.send(finished);
         for (confirm, target) in pending {
             check_confirmation(confirm.await?, &target)?;
         }
+        event.await?;
         // Awaited, never dropped (lapin keeps unawaited confirms), but its outcome ignored: a
         // reply queue that is gone is the submitter's business, not a reason to run again.
         if let Some(confirm) = result_confirm {

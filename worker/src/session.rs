@@ -11,6 +11,7 @@ use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
+use warren_common::event_batch::EventSender;
 use warren_common::reclaim::{WORKER_PATIENCE, reclaim};
 use warren_common::{BrokerError, Pool, WorkerState, confirmed_channel};
 
@@ -78,6 +79,7 @@ async fn session(
         .basic_qos(prefetch, BasicQosOptions::default())
         .await?;
     let publisher = confirmed_channel(connection).await?;
+    let events = EventSender::start(publisher.clone(), worker.topology.events_exchange());
     let mut consumer = consume_channel
         .basic_consume(
             status.queue.as_str().into(),
@@ -139,6 +141,7 @@ async fn session(
                     tasks.spawn(attempt::execute(
                         worker.clone(),
                         publisher.clone(),
+                        events.clone(),
                         delivery,
                         line.next(),
                         not_started.clone(),
