@@ -8,7 +8,6 @@ use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueBindOptions, Que
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
 use tokio::sync::mpsc;
-use tracing::debug;
 use warren_common::event_batch::decode_events;
 use warren_common::{BrokerError, Heartbeat, Status, TaskEvent, Topology};
 
@@ -241,25 +240,11 @@ fn forward_many(
 /// Forwards a consumer's deliveries, mapped by `map` (which may drop them), until the consumer
 /// or the router ends.
 fn forward(
-    mut consumer: Consumer,
+    consumer: Consumer,
     inputs: mpsc::Sender<Input>,
     map: impl Fn(Delivery) -> Option<Input> + Send + 'static,
 ) {
-    tokio::spawn(async move {
-        while let Some(next) = consumer.next().await {
-            let input = match next {
-                Ok(delivery) => match map(delivery) {
-                    Some(input) => input,
-                    None => {
-                        debug!("ignoring an unreadable event");
-                        continue;
-                    }
-                },
-                Err(err) => Input::Failed(err.into()),
-            };
-            if inputs.send(input).await.is_err() {
-                return;
-            }
-        }
+    forward_many(consumer, inputs, move |delivery| {
+        map(delivery).into_iter().collect()
     });
 }
