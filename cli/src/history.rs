@@ -20,11 +20,11 @@ use crate::Session;
 
 /// How long before a UUIDv7 id's time reading starts: the submitter's clock against the
 /// broker's.
-const CLOCK_MARGIN: Duration = Duration::from_secs(5);
+const CLOCK_MARGIN: Duration = Duration::from_secs(1);
 /// Reading stops when the stream sends nothing for this long: its end.
 const IDLE: Duration = Duration::from_millis(700);
 /// Stream messages read between acks (a stream consumer needs credit).
-const PREFETCH: u16 = 2_000;
+const PREFETCH: u16 = 10_000;
 
 /// Where reading starts: `--since` (an RFC 3339 time, or an age such as `90m`, `6h`, `3d`),
 /// else a UUIDv7 id's time less [`CLOCK_MARGIN`], else the stream's first event.
@@ -180,7 +180,12 @@ pub(crate) async fn run(
         if let Some(result) = &event.result {
             detail.push(format!("result: {result}"));
         } else if event.result_omitted {
-            detail.push("result: too large for the history (sent to reply_to)".into());
+            let size = event
+                .result_bytes
+                .map_or(String::new(), |bytes| format!("{bytes} bytes, "));
+            detail.push(format!(
+                "result: {size}too large for the history (sent to reply_to)"
+            ));
         }
         out!(
             "  {}  {:<10} {}",
@@ -202,7 +207,7 @@ mod tests {
         let id = uuid::Uuid::now_v7().to_string();
         let at = start(&id, None).unwrap().unwrap();
         let age = Utc::now() - at;
-        assert!(age >= chrono::Duration::seconds(5) && age < chrono::Duration::seconds(15));
+        assert!(age >= chrono::Duration::seconds(1) && age < chrono::Duration::seconds(10));
         assert_eq!(start("my-own-id", None).unwrap(), None);
         let now = Utc::now();
         assert_eq!(

@@ -61,6 +61,9 @@ pub struct TaskEvent {
     /// Set on a `task.succeeded` event whose result was too large to carry.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub result_omitted: bool,
+    /// The size of that result, as JSON, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_bytes: Option<u64>,
     /// When it happened.
     pub at: DateTime<Utc>,
 }
@@ -101,6 +104,7 @@ impl TaskEvent {
             submitter: None,
             result: None,
             result_omitted: false,
+            result_bytes: None,
             at: Utc::now(),
         }
     }

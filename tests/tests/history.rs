@@ -72,6 +72,24 @@ async fn warren_task_tells_what_happened() -> anyhow::Result<()> {
     assert!(table.contains("state: succeeded"), "{table}");
     assert!(table.contains("dispatched"), "{table}");
 
+    // A result too large to ride on its event: its size instead.
+    let big_id = uuid::Uuid::now_v7().to_string();
+    let big = "x".repeat(70_000);
+    env.submit(
+        json!({"id": big_id, "kind": "echo", "payload": big}),
+        &replies.name,
+    )
+    .await?;
+    replies
+        .collect(std::slice::from_ref(&big_id), Duration::from_secs(30))
+        .await?;
+    let (code, answer) = lookup(&env, &big_id).await?;
+    assert_eq!(code, 0);
+    let last = answer["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["status"], "succeeded");
+    assert_eq!(last["result_omitted"], true, "{last}");
+    assert_eq!(last["result_bytes"], 70_002, "{last}");
+
     // Every attempt failing: dead after 3, each error in the history.
     let dead_id = uuid::Uuid::now_v7().to_string();
     env.submit(

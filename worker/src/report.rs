@@ -121,10 +121,18 @@ impl Report<'_> {
             }
             _ => (None, false),
         };
+        // Measured only when too large to carry: rare, and then worth saying.
+        let result_bytes = match &self.verdict {
+            Verdict::Succeeded(value) if omitted => {
+                serde_json::to_vec(value).ok().map(|json| json.len() as u64)
+            }
+            _ => None,
+        };
         let finished = TaskEvent {
             submitter: warren_common::message::submitter(request),
             result: carried.cloned(),
             result_omitted: omitted,
+            result_bytes,
             ..event(
                 worker,
                 self.task,
