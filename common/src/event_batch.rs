@@ -8,6 +8,7 @@
 //! they do, new events queue up, and the next flush takes all of them (up to [`MAX_BATCH`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use lapin::Channel;
 use lapin::options::BasicPublishOptions;
@@ -23,6 +24,11 @@ use crate::publish::check_confirmation;
 pub const IN_FLIGHT: usize = 2;
 /// Events in one batch, at most.
 pub const MAX_BATCH: usize = 512;
+/// How long a batch may wait for its publish to go out and for the broker's confirm. Events
+/// are routed to the history stream, and a stream whose node dies can leave a publish
+/// unconfirmed for good (seen in the broker-node kill test): past this, the batch's senders get
+/// an error and its flight is free again.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Events waiting to be published, at most (memory stays bounded if the broker stalls): a
 /// fire-and-forget event beyond it is dropped, a confirmed one refused.
 pub const BUFFER: usize = 8192;
@@ -141,32 +147,37 @@ async fn publish(
         }
         .expect("events serialize");
         let waiters: Vec<Confirmed> = group.into_iter().filter_map(|(_, c)| c).collect();
-        let sent = channel
-            .basic_publish(
-                exchange.into(),
-                key.into(),
-                BasicPublishOptions::default(),
-                &body,
-                json_properties(false),
-            )
-            .await;
-        match sent {
-            Ok(confirm) => confirms.push((confirm, waiters)),
-            Err(err) => {
+        let sent = channel.basic_publish(
+            exchange.into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            &body,
+            json_properties(false),
+        );
+        match tokio::time::timeout(CONFIRM_TIMEOUT, sent).await {
+            Ok(Ok(confirm)) => confirms.push((confirm, waiters)),
+            outcome => {
                 failed = true;
-                let err = BrokerError::from(err);
+                let cause = match outcome {
+                    Ok(Err(err)) => BrokerError::from(err).to_string(),
+                    _ => format!("the publish did not go out within {CONFIRM_TIMEOUT:?}"),
+                };
                 for waiter in waiters {
-                    let _ = waiter.send(Err(BrokerError::Pool(err.to_string())));
+                    let _ = waiter.send(Err(BrokerError::Pool(cause.clone())));
                 }
             }
         }
     }
     let exchange = exchange.to_owned();
     tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
         for (confirm, waiters) in confirms {
-            let outcome = match confirm.await {
-                Ok(confirmation) => check_confirmation(confirmation, &exchange),
-                Err(err) => Err(err.into()),
+            let outcome = match tokio::time::timeout_at(deadline, confirm).await {
+                Ok(Ok(confirmation)) => check_confirmation(confirmation, &exchange),
+                Ok(Err(err)) => Err(err.into()),
+                Err(_) => Err(BrokerError::Pool(format!(
+                    "no confirm for events within {CONFIRM_TIMEOUT:?}"
+                ))),
             };
             for waiter in waiters {
                 let answer = match &outcome {
