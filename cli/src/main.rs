@@ -147,7 +147,7 @@ async fn main() {
     let code = match run(cli, config).await {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("warren: {err}");
+            eprintln!("warren: {}", chain(&err));
             if let Some(hint) = hint(&format!("{err:#}"), &prefix) {
                 eprintln!("warren: {hint}");
             }
@@ -155,6 +155,22 @@ async fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// An error and its causes, each said once (lapin's errors repeat their source in their own
+/// text).
+fn chain(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&said);
+        }
+    }
+    text
 }
 
 /// What to do about an error a user meets often, from the broker's words.
