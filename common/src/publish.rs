@@ -137,21 +137,37 @@ pub async fn publish_result(
     request: &BasicProperties,
     result: &crate::TaskResult,
 ) -> Result<Option<lapin::PublisherConfirm>, BrokerError> {
+    let body = serde_json::to_vec(result).expect("results serialize");
+    publish_reply(channel, request, &body, true, Some(&result.id)).await
+}
+
+/// Publishes the JSON `body` to the `reply_to` of the request whose properties are `request`,
+/// with its `correlation_id` (else `fallback_correlation`, if any). Returns the pending confirm,
+/// or `None` if the request named no `reply_to`.
+pub async fn publish_reply(
+    channel: &Channel,
+    request: &BasicProperties,
+    body: &[u8],
+    persistent: bool,
+    fallback_correlation: Option<&str>,
+) -> Result<Option<lapin::PublisherConfirm>, BrokerError> {
     let Some(reply_to) = request.reply_to() else {
         return Ok(None);
     };
+    let mut properties = crate::message::json_properties(persistent);
     let correlation = request
         .correlation_id()
         .clone()
-        .unwrap_or_else(|| result.id.as_str().into());
-    let body = serde_json::to_vec(result).expect("results serialize");
-    let properties = crate::message::json_properties(true).with_correlation_id(correlation);
+        .or_else(|| fallback_correlation.map(Into::into));
+    if let Some(correlation) = correlation {
+        properties = properties.with_correlation_id(correlation);
+    }
     let confirm = channel
         .basic_publish(
             "".into(),
             reply_to.clone(),
             BasicPublishOptions::default(),
-            &body,
+            body,
             properties,
         )
         .await?;

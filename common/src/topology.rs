@@ -215,25 +215,11 @@ impl Topology {
         if let Some(retention) = &self.history {
             declarer.stream(&self.history_stream(), retention).await?;
             declarer
-                .channel()
-                .queue_bind(
-                    self.history_stream().as_str().into(),
-                    self.events_exchange().as_str().into(),
-                    "task.#".into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
+                .bind(&self.history_stream(), &self.events_exchange(), "task.#")
                 .await?;
         }
         declarer
-            .channel()
-            .queue_bind(
-                self.intake_queue().as_str().into(),
-                self.submit_exchange().as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
+            .bind(&self.intake_queue(), &self.submit_exchange(), "#")
             .await?;
         declarer.close().await;
         Ok(())
@@ -457,6 +443,19 @@ impl<'a> Declarer<'a> {
             }
             Err(err) => Err(err),
         }
+    }
+
+    /// Binds `queue` to `exchange` with `key`.
+    pub async fn bind(&self, queue: &str, exchange: &str, key: &str) -> lapin::Result<()> {
+        self.channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
     }
 
     /// Closes its channel.

@@ -69,24 +69,15 @@ mod tests {
     use crate::facts::WorkerState;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
-    use std::collections::{BTreeSet, HashMap};
+    use std::collections::HashMap;
     use std::time::Instant;
 
     fn worker(id: &str, capacity: u32, used: u32) -> WorkerEntry {
         WorkerEntry {
-            id: id.into(),
-            queue: id.into(),
-            kinds: BTreeSet::new(),
-            tags: BTreeSet::new(),
             concurrency: capacity,
             capacity,
-            state: WorkerState::Online,
-            last_seen: Instant::now(),
-            outstanding: HashMap::new(),
             used,
-            lookahead: 0,
-            mean_run_ms: None,
-            started: BTreeSet::new(),
+            ..WorkerEntry::new(id, id, WorkerState::Online, Instant::now())
         }
     }
 

@@ -212,7 +212,6 @@ fn millis(duration: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeSet, HashMap};
 
     use super::*;
     use crate::fleet::WorkerEntry;
@@ -220,19 +219,11 @@ mod tests {
 
     fn worker(id: &str, kinds: &[&str], tags: &[&str], capacity: u32, now: Instant) -> WorkerEntry {
         WorkerEntry {
-            id: id.into(),
-            queue: format!("q.{id}"),
             kinds: kinds.iter().map(|k| (*k).to_owned()).collect(),
             tags: tags.iter().map(|t| (*t).to_owned()).collect(),
             concurrency: 1,
             capacity,
-            state: WorkerState::Online,
-            last_seen: now,
-            outstanding: HashMap::new(),
-            used: 0,
-            lookahead: 0,
-            mean_run_ms: None,
-            started: BTreeSet::new(),
+            ..WorkerEntry::new(id, &format!("q.{id}"), WorkerState::Online, now)
         }
     }
 

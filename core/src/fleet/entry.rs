@@ -49,6 +49,26 @@ pub struct Outstanding {
 }
 
 impl WorkerEntry {
+    /// A worker known by id and queue only, heard at `now` in `state`: no kinds, tags,
+    /// concurrency or capacity yet, nothing outstanding (its heartbeats fill the rest in).
+    pub fn new(id: &str, queue: &str, state: WorkerState, now: Instant) -> WorkerEntry {
+        WorkerEntry {
+            id: id.to_owned(),
+            queue: queue.to_owned(),
+            kinds: BTreeSet::new(),
+            tags: BTreeSet::new(),
+            concurrency: 0,
+            capacity: 0,
+            state,
+            last_seen: now,
+            outstanding: HashMap::new(),
+            used: 0,
+            lookahead: 0,
+            mean_run_ms: None,
+            started: BTreeSet::new(),
+        }
+    }
+
     /// Free capacity units: what it can start running at once.
     pub fn free(&self) -> u32 {
         self.credit_within(0)

@@ -1,7 +1,7 @@
 //! The worker registry: who is alive, what each worker can run, and how much credit (free
 //! slots) it has. Pure: fed heartbeats, dispatches and releases, with `now` passed in.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::facts::{Heartbeat, WorkerState};
@@ -159,21 +159,7 @@ impl Fleet {
         let entry = self
             .workers
             .entry(beat.worker.clone())
-            .or_insert_with(|| WorkerEntry {
-                id: beat.worker.clone(),
-                queue: beat.queue.clone(),
-                kinds: BTreeSet::new(),
-                tags: BTreeSet::new(),
-                concurrency: 0,
-                capacity: 0,
-                state: beat.state,
-                last_seen: now,
-                outstanding: HashMap::new(),
-                used: 0,
-                lookahead: 0,
-                mean_run_ms: None,
-                started: BTreeSet::new(),
-            });
+            .or_insert_with(|| WorkerEntry::new(&beat.worker, &beat.queue, beat.state, now));
         entry.queue.clone_from(&beat.queue);
         entry.kinds = beat.kinds.iter().cloned().collect();
         entry.tags = beat.tags.iter().cloned().collect();

@@ -9,11 +9,11 @@
 use std::time::Instant;
 
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicPublishOptions};
+use lapin::options::BasicAckOptions;
 use serde::Deserialize;
 use serde_json::json;
 use tracing::debug;
-use warren_common::message::json_properties;
+use warren_common::publish::publish_reply;
 
 use super::Router;
 
@@ -58,24 +58,10 @@ impl Router<'_> {
         };
         let publisher = self.publisher.clone();
         self.settling.spawn(async move {
-            if let Some(reply_to) = delivery.properties.reply_to() {
-                let mut properties = json_properties(false);
-                if let Some(correlation) = delivery.properties.correlation_id() {
-                    properties = properties.with_correlation_id(correlation.clone());
-                }
-                let body = serde_json::to_vec(&answer).expect("answers serialize");
-                let sent = publisher
-                    .basic_publish(
-                        "".into(),
-                        reply_to.clone(),
-                        BasicPublishOptions::default(),
-                        &body,
-                        properties,
-                    )
-                    .await;
-                if let Err(err) = sent {
-                    debug!(cause = %err, "could not answer a request");
-                }
+            let body = serde_json::to_vec(&answer).expect("answers serialize");
+            let sent = publish_reply(&publisher, &delivery.properties, &body, false, None).await;
+            if let Err(err) = sent {
+                debug!(cause = %err, "could not answer a request");
             }
             let _ = delivery.ack(BasicAckOptions::default()).await;
         });
